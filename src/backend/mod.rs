@@ -1,0 +1,149 @@
+//! Key backends: hardware that wraps and unwraps the data key.
+//!
+//! [`KeyBackend`] is the one joint of the design. Each backend lives in its own
+//! module and owns one stanza type in the sealed file.
+
+pub mod pkcs11;
+pub mod tpm2;
+
+use crate::format::{FormatError, Stanza};
+use crate::secret::DataKey;
+
+/// A backend that can wrap the data key into a stanza and unwrap it again.
+///
+/// # Contract
+/// - [`KeyBackend::wrap`] returns a stanza of type [`KeyBackend::kind`] holding
+///   everything needed to unwrap it later (key names, mechanism and parameters,
+///   the wrapped bytes) and **never** the data key, a PIN or any other secret in
+///   clear. It must not return until the hardware has produced the wrapping.
+/// - [`KeyBackend::unwrap`] is only called with stanzas of its own kind. `Ok`
+///   means the hardware released a 32-byte key; the caller still authenticates
+///   it by opening the payload, so a wrong key ends as "tampered", never as
+///   garbage output. `Err` says why not, classified by [`BackendError`] so the
+///   CLI can choose the exit code.
+/// - Backends never touch the terminal, never log secrets, and release every
+///   hardware resource (sessions, handles, library state) on every path.
+pub trait KeyBackend {
+    /// The stanza type this backend writes and reads, e.g. `"pkcs11"`.
+    fn kind(&self) -> &'static str;
+
+    /// Wraps `key` for this backend.
+    ///
+    /// # Errors
+    /// A [`BackendError`]; nothing has been written anywhere.
+    fn wrap(&mut self, key: &DataKey) -> Result<Stanza, BackendError>;
+
+    /// Unwraps the data key from one of this backend's stanzas.
+    ///
+    /// # Errors
+    /// A [`BackendError`] saying why the hardware did not release the key.
+    fn unwrap(&mut self, stanza: &Stanza) -> Result<DataKey, BackendError>;
+}
+
+/// Why a backend failed. Every variant carries the backend's name, a one-line
+/// reason (never a secret) and, where useful, what the user can do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The device, module or token is not there or does not answer (exit 69).
+    #[error("{backend}: {reason}")]
+    Unavailable {
+        /// Backend name.
+        backend: &'static str,
+        /// What is missing.
+        reason: String,
+        /// What to do.
+        hint: String,
+    },
+    /// A temporary condition worth retrying later (exit 75).
+    #[error("{backend}: {reason}")]
+    Busy {
+        /// Backend name.
+        backend: &'static str,
+        /// What is busy.
+        reason: String,
+        /// What to do.
+        hint: String,
+    },
+    /// The hardware refused: changed PCRs, wrong PIN, another TPM, a missing or
+    /// different key, lockout (exit 77).
+    #[error("{backend}: {reason}")]
+    Refused {
+        /// Backend name.
+        backend: &'static str,
+        /// What was refused.
+        reason: String,
+        /// What to do.
+        hint: String,
+    },
+    /// The stanza itself is malformed (exit 65).
+    #[error("{backend}: stanza: {source}")]
+    Stanza {
+        /// Backend name.
+        backend: &'static str,
+        /// The format problem.
+        #[source]
+        source: FormatError,
+    },
+    /// The user's configuration or arguments for this backend are wrong (exit 78).
+    #[error("{backend}: {reason}")]
+    Config {
+        /// Backend name.
+        backend: &'static str,
+        /// What is wrong.
+        reason: String,
+        /// What to do.
+        hint: String,
+    },
+    /// Creating something that already exists, e.g. a key label (exit 73).
+    #[error("{backend}: {reason}")]
+    Exists {
+        /// Backend name.
+        backend: &'static str,
+        /// What exists.
+        reason: String,
+        /// What to do.
+        hint: String,
+    },
+}
+
+impl BackendError {
+    /// The backend that failed.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Self::Unavailable { backend, .. }
+            | Self::Busy { backend, .. }
+            | Self::Refused { backend, .. }
+            | Self::Stanza { backend, .. }
+            | Self::Config { backend, .. }
+            | Self::Exists { backend, .. } => backend,
+        }
+    }
+
+    /// What the user can do about it, if anything useful can be said.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Self::Unavailable { hint, .. }
+            | Self::Busy { hint, .. }
+            | Self::Refused { hint, .. }
+            | Self::Config { hint, .. }
+            | Self::Exists { hint, .. } => Some(hint.as_str()).filter(|h| !h.is_empty()),
+            Self::Stanza { .. } => {
+                Some("the sealed file is damaged; restore it from backup or seal again")
+            }
+        }
+    }
+
+    /// How specific this failure is, for choosing which error to report when
+    /// every stanza failed: a refusal by the hardware beats "not reachable".
+    pub fn precedence(&self) -> u8 {
+        match self {
+            Self::Refused { .. } => 6,
+            Self::Stanza { .. } => 5,
+            Self::Busy { .. } => 4,
+            Self::Config { .. } => 3,
+            Self::Exists { .. } => 2,
+            Self::Unavailable { .. } => 1,
+        }
+    }
+}

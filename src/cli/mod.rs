@@ -1,0 +1,303 @@
+//! Command-line parsing, dispatch, logging set-up and the mapping of every
+//! library error to a one-line message and a sysexits code.
+
+mod backends;
+mod inspect;
+mod seal;
+mod unseal;
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use sesame::backend::BackendError;
+use sesame::config::{Config, ConfigError};
+use sesame::envelope::{SealError, UnsealError};
+use sesame::fsio::IoError;
+use sesame::output::OutputError;
+use sesame::pin::PinError;
+use sesame::secret::DocumentError;
+
+/// Exit codes (sysexits.h), as documented in README and CONTRACT.md.
+pub mod exit {
+    /// Bad flags or arguments.
+    pub const USAGE: u8 = 64;
+    /// Sealed file malformed, tampered or of an unknown version; bad secret input.
+    pub const DATAERR: u8 = 65;
+    /// Input file missing or unreadable.
+    pub const NOINPUT: u8 = 66;
+    /// Backend unavailable.
+    pub const UNAVAILABLE: u8 = 69;
+    /// Internal error (a bug, or the process could not be hardened).
+    pub const SOFTWARE: u8 = 70;
+    /// Cannot create the output.
+    pub const CANTCREAT: u8 = 73;
+    /// Temporary failure worth retrying.
+    pub const TEMPFAIL: u8 = 75;
+    /// The hardware refused.
+    pub const NOPERM: u8 = 77;
+    /// Configuration error.
+    pub const CONFIG: u8 = 78;
+}
+
+/// Seal secrets to this machine's TPM 2.0 or PKCS#11 HSM.
+///
+/// Exit codes: 0 ok, 64 usage, 65 malformed/tampered file or bad secret input,
+/// 66 input missing, 69 backend unavailable, 73 cannot create output,
+/// 75 temporary failure (retry), 77 hardware refused, 78 configuration error.
+#[derive(Debug, Parser)]
+#[command(name = "sesame", version, max_term_width = 100)]
+pub struct Cli {
+    /// More logging on stderr (-v info, -vv debug, -vvv trace). Secrets are never logged.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log format on stderr.
+    #[arg(long, value_enum, global = true, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+    /// Settings file [default: /etc/sesame/sesame.toml if present].
+    #[arg(long, global = true, env = "SESAME_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines (journald-friendly: no colours, no timestamps).
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Seal a secret read from standard input into a new sealed file.
+    Seal(seal::SealArgs),
+    /// Unseal a file with whichever of its backends is present here.
+    Unseal(unseal::UnsealArgs),
+    /// Show a sealed file's header (backends, PCRs, dates) without hardware.
+    Inspect(inspect::InspectArgs),
+}
+
+/// Shared state for commands: the loaded config.
+pub struct Context {
+    config: Config,
+}
+
+/// Runs the parsed command.
+///
+/// # Errors
+/// A [`CliError`] carrying the message and exit code.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    let config = Config::load(cli.config.as_deref()).map_err(CliError::config)?;
+    let log_format = match (cli.log_format, config.log_format.as_deref()) {
+        (Some(f), _) => f,
+        (None, Some("json")) => LogFormat::Json,
+        (None, Some("text") | None) => LogFormat::Text,
+        (None, Some(other)) => {
+            return Err(CliError::new(
+                exit::CONFIG,
+                "configuration",
+                format!("log_format = {other:?} is not text or json"),
+                Some("fix the settings file"),
+            ))
+        }
+    };
+    init_logging(cli.verbose, log_format);
+    let ctx = Context { config };
+    match cli.command {
+        Command::Seal(args) => seal::run(&ctx, args),
+        Command::Unseal(args) => unseal::run(&ctx, args),
+        Command::Inspect(args) => inspect::run(&ctx, args),
+    }
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    let level = match verbose {
+        0 => tracing::Level::WARN,
+        1 => tracing::Level::INFO,
+        2 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(true);
+    // Ignore "already set": only possible if called twice, which run() does not.
+    let _ = match format {
+        LogFormat::Text => builder.without_time().try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// A failure ready for the user: `<what failed>: <why> (<what to do>)` and an
+/// exit code. Built only from error types whose messages never hold secrets.
+#[derive(Debug)]
+pub struct CliError {
+    /// Process exit code.
+    pub code: u8,
+    what: String,
+    why: String,
+    hint: Option<String>,
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // One line, always: flatten anything multi-line a lower layer produced.
+        let why = self.why.replace(['\n', '\r'], " ");
+        write!(f, "{}: {}", self.what, why)?;
+        if let Some(hint) = &self.hint {
+            write!(f, " ({hint})")?;
+        }
+        Ok(())
+    }
+}
+
+impl CliError {
+    /// A new error.
+    pub fn new(
+        code: u8,
+        what: impl Into<String>,
+        why: impl Into<String>,
+        hint: Option<&str>,
+    ) -> Self {
+        Self {
+            code,
+            what: what.into(),
+            why: why.into(),
+            hint: hint.map(str::to_owned),
+        }
+    }
+
+    fn config(e: ConfigError) -> Self {
+        Self::new(
+            exit::CONFIG,
+            "configuration",
+            e.to_string(),
+            Some("fix or remove the settings file"),
+        )
+    }
+
+    /// A backend failure while doing `what`.
+    pub fn backend(what: impl Into<String>, e: BackendError) -> Self {
+        let code = match e {
+            BackendError::Unavailable { .. } => exit::UNAVAILABLE,
+            BackendError::Busy { .. } => exit::TEMPFAIL,
+            BackendError::Refused { .. } => exit::NOPERM,
+            BackendError::Stanza { .. } => exit::DATAERR,
+            BackendError::Config { .. } => exit::CONFIG,
+            BackendError::Exists { .. } => exit::CANTCREAT,
+            _ => exit::SOFTWARE,
+        };
+        let hint = e.hint().map(str::to_owned);
+        Self {
+            code,
+            what: what.into(),
+            why: e.to_string(),
+            hint,
+        }
+    }
+
+    /// An unseal failure of `file`.
+    pub fn unseal(what: impl Into<String>, e: UnsealError) -> Self {
+        let what = what.into();
+        match e {
+            UnsealError::Backend(b) => Self::backend(what, b),
+            UnsealError::Format(f) => Self::new(
+                exit::DATAERR,
+                what,
+                f.to_string(),
+                Some("the file is damaged or not a sealed file; restore it from backup or seal again"),
+            ),
+            UnsealError::NoUsableStanza { .. } => Self::new(
+                exit::UNAVAILABLE,
+                what,
+                e.to_string(),
+                Some("unseal on a machine with one of the listed backends, or upgrade sesame"),
+            ),
+            UnsealError::Tampered | UnsealError::Payload(_) => Self::new(
+                exit::DATAERR,
+                what,
+                e.to_string(),
+                Some("do not trust this file; restore it from backup or seal again"),
+            ),
+            _ => Self::new(exit::SOFTWARE, what, e.to_string(), None),
+        }
+    }
+
+    /// A sealing failure.
+    pub fn seal(what: impl Into<String>, e: SealError) -> Self {
+        let what = what.into();
+        match e {
+            SealError::Backend(b) => Self::backend(what, b),
+            SealError::NoBackend => Self::new(exit::USAGE, what, e.to_string(), None),
+            SealError::Format(_) => Self::new(
+                exit::USAGE,
+                what,
+                e.to_string(),
+                Some("use printable ASCII for --name"),
+            ),
+            _ => Self::new(exit::SOFTWARE, what, e.to_string(), None),
+        }
+    }
+
+    /// A file-system failure.
+    pub fn io(what: impl Into<String>, e: IoError) -> Self {
+        let (code, hint) = match &e {
+            IoError::Read { .. } => (exit::NOINPUT, "check the path and permissions"),
+            IoError::Exists { .. } => (exit::CANTCREAT, "remove it first or pass --force"),
+            IoError::NotTmpfs { .. } => (
+                exit::CANTCREAT,
+                "write under /run/sesame or another tmpfs, or pass --allow-persistent",
+            ),
+            IoError::Write { .. } => (
+                exit::CANTCREAT,
+                "check the directory exists and is writable",
+            ),
+            IoError::NoSuchGroup(_) => (exit::USAGE, "create the group or use its numeric id"),
+            _ => (exit::SOFTWARE, ""),
+        };
+        Self::new(
+            code,
+            what,
+            e.to_string(),
+            Some(hint).filter(|h| !h.is_empty()),
+        )
+    }
+
+    /// Bad secret input.
+    pub fn document(what: impl Into<String>, e: DocumentError) -> Self {
+        Self::new(
+            exit::DATAERR,
+            what,
+            e.to_string(),
+            Some("give a JSON object of strings or KEY=VALUE lines on standard input"),
+        )
+    }
+
+    /// A document that cannot be written in the requested format.
+    pub fn output(what: impl Into<String>, e: OutputError) -> Self {
+        let code = match e {
+            OutputError::FieldRequired | OutputError::BadPrefix(_) => exit::USAGE,
+            _ => exit::DATAERR,
+        };
+        let hint = match e {
+            OutputError::Unrepresentable { .. } => {
+                Some("use --format json or value for this secret")
+            }
+            _ => None,
+        };
+        Self::new(code, what, e.to_string(), hint)
+    }
+
+    /// A PIN problem.
+    pub fn pin(what: impl Into<String>, e: PinError) -> Self {
+        Self::new(exit::CONFIG, what, e.to_string(), None)
+    }
+
+    /// A usage problem the parser could not catch.
+    pub fn usage(what: impl Into<String>, why: impl Into<String>, hint: Option<&str>) -> Self {
+        Self::new(exit::USAGE, what, why, hint)
+    }
+}

@@ -1,0 +1,121 @@
+//! `sesame seal`.
+
+use std::io::{IsTerminal as _, Read as _};
+use std::path::PathBuf;
+
+use clap::Args;
+use sesame::envelope::{self, SealOptions};
+use sesame::format;
+use sesame::fsio::{self, WriteOptions};
+use sesame::secret::{FieldName, SecretDocument, SecretValue};
+use zeroize::Zeroizing;
+
+use super::backends::{self, SealBackendArgs};
+use super::{CliError, Context};
+
+/// `sesame seal --out FILE [backend options…] < secret`
+#[derive(Debug, Args)]
+pub struct SealArgs {
+    /// Where to write the sealed file (atomically; mode 0600).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Replace an existing file (its generation counter is carried on, +1).
+    #[arg(long)]
+    force: bool,
+    /// A name or purpose stored in clear in the header.
+    #[arg(long)]
+    name: Option<String>,
+    #[command(flatten)]
+    backends: SealBackendArgs,
+}
+
+pub fn run(ctx: &Context, args: SealArgs) -> Result<(), CliError> {
+    let what = format!("seal {}", args.out.display());
+    // Fail before reading any secret or touching hardware.
+    if !args.force && args.out.symlink_metadata().is_ok() {
+        return Err(CliError::io(
+            &what,
+            fsio::IoError::Exists {
+                path: args.out.clone(),
+            },
+        ));
+    }
+    let mut options = SealOptions::new(args.name.clone());
+    if args.force {
+        options.generation = previous_generation(&args.out).map_or(1, |g| g.saturating_add(1));
+    }
+    let mut backends = backends::for_sealing(ctx, &args.backends)?;
+    let document = read_secret().map_err(|e| e.with_what(&what))?;
+    let mut refs: Vec<&mut dyn sesame::backend::KeyBackend> =
+        backends.iter_mut().map(|b| b.as_mut() as _).collect();
+    let sealed =
+        envelope::seal(&document, &options, &mut refs).map_err(|e| CliError::seal(&what, e))?;
+    let write = WriteOptions {
+        mode: 0o600,
+        group: None,
+        force: args.force,
+        // The sealed file is ciphertext: it belongs on persistent disk.
+        allow_persistent: true,
+    };
+    fsio::write_atomic(&args.out, &sealed, &write).map_err(|e| CliError::io(&what, e))?;
+    tracing::info!(
+        target: "sesame::audit",
+        event = "seal",
+        file = %args.out.display(),
+        backends = %refs_kinds(&backends),
+        generation = options.generation,
+        outcome = "ok",
+    );
+    Ok(())
+}
+
+fn refs_kinds(backends: &[Box<dyn sesame::backend::KeyBackend>]) -> String {
+    backends
+        .iter()
+        .map(|b| b.kind())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn previous_generation(path: &std::path::Path) -> Option<u64> {
+    let bytes = fsio::read_bounded(path, format::MAX_FILE_LEN).ok()?;
+    format::parse_header_only(&bytes).ok().map(|h| h.generation)
+}
+
+/// Reads the secret: prompts on a terminal, else parses standard input.
+fn read_secret() -> Result<SecretDocument, CliError> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return prompt_secret();
+    }
+    let mut input = Zeroizing::new(Vec::new());
+    stdin
+        .lock()
+        .take(SecretDocument::MAX_INPUT as u64 + 1)
+        .read_to_end(&mut input)
+        .map_err(|e| CliError::new(super::exit::NOINPUT, "standard input", e.to_string(), None))?;
+    SecretDocument::parse_input(&input).map_err(|e| CliError::document("standard input", e))
+}
+
+fn prompt_secret() -> Result<SecretDocument, CliError> {
+    let mut doc = SecretDocument::new();
+    for name in ["username", "password"] {
+        let value = rpassword::prompt_password(format!("{name}: "))
+            .map_err(|e| CliError::new(super::exit::NOINPUT, "terminal", e.to_string(), None))?;
+        let value = SecretValue::new(value);
+        if value.expose().is_empty() {
+            return Err(CliError::usage("terminal", format!("empty {name}"), None));
+        }
+        // Invariant: both names are valid and distinct.
+        doc.insert(FieldName::new(name).expect("valid name"), value)
+            .expect("distinct names");
+    }
+    Ok(doc)
+}
+
+impl CliError {
+    fn with_what(mut self, what: &str) -> Self {
+        self.what = format!("{what}: {}", self.what);
+        self
+    }
+}

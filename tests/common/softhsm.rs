@@ -1,0 +1,1 @@
+//! SoftHSM2 test token (being built).

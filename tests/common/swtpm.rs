@@ -1,0 +1,1 @@
+//! swtpm test TPM (being built).
