@@ -26,8 +26,11 @@ pub fn run(_ctx: &Context, args: InspectArgs) -> Result<(), CliError> {
     let what = format!("inspect {}", args.file.display());
     let bytes =
         fsio::read_bounded(&args.file, format::MAX_FILE_LEN).map_err(|e| CliError::io(&what, e))?;
-    let header = format::parse_header_only(&bytes)
-        .map_err(|e| CliError::unseal(&what, sesame::envelope::UnsealError::Format(e)))?;
+    // The whole file is parsed (not just the header) so that a truncated body
+    // is reported here, before anyone relies on the file at boot.
+    let header = format::parse(&bytes)
+        .map_err(|e| CliError::unseal(&what, sesame::envelope::UnsealError::Format(e)))?
+        .header;
     if args.json {
         println!("{}", to_json(&args.file, &header));
     } else {
