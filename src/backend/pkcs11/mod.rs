@@ -324,9 +324,7 @@ impl KeyBackend for Pkcs11Backend {
             key_id = %show_id(&stanza.key_id),
             "data key wrapped"
         );
-        let mut stanza = stanza;
-        // Vendor attributes were ignored: do not record them as if they mattered.
-        stanza.uri.ignored.clear();
+        // The canonical URI leaves out ignored vendor attributes.
         Ok(stanza.encode())
     }
 
@@ -548,7 +546,6 @@ pub fn create_key(
     };
     tracing::info!(token = %token.label, key = %label, id = %uri::hex(&id), mechanism, "key created");
     uri.id = Some(id.clone());
-    uri.ignored.clear();
     Ok(CreatedKey {
         token: token.label.clone(),
         label,
