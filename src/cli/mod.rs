@@ -3,6 +3,7 @@
 
 mod backends;
 mod inspect;
+mod pkcs11;
 mod seal;
 mod unseal;
 
@@ -77,6 +78,9 @@ enum Command {
     Unseal(unseal::UnsealArgs),
     /// Show a sealed file's header (backends, PCRs, dates) without hardware.
     Inspect(inspect::InspectArgs),
+    /// PKCS#11 token tools (create a key to seal to).
+    #[command(subcommand)]
+    Pkcs11(pkcs11::Pkcs11Command),
 }
 
 /// Shared state for commands: the loaded config.
@@ -109,6 +113,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Seal(args) => seal::run(&ctx, args),
         Command::Unseal(args) => unseal::run(&ctx, args),
         Command::Inspect(args) => inspect::run(&ctx, args),
+        Command::Pkcs11(cmd) => pkcs11::run(&ctx, cmd),
     }
 }
 
