@@ -4,6 +4,7 @@
 mod audit;
 mod backends;
 mod inspect;
+mod pkcs11;
 mod seal;
 mod ses;
 mod status;
@@ -84,6 +85,9 @@ enum Command {
     Ses(ses::SesArgs),
     /// Health of sealed files for monitoring (Nagios exit codes 0/1/2/3).
     Status(status::StatusArgs),
+    /// PKCS#11 token tools (create a key to seal to).
+    #[command(subcommand)]
+    Pkcs11(pkcs11::Pkcs11Command),
 }
 
 /// Shared state for commands: the loaded config.
@@ -118,6 +122,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Ses(args) => ses::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
+        Command::Pkcs11(cmd) => pkcs11::run(&ctx, cmd),
     }
 }
 
