@@ -106,7 +106,7 @@ pub enum SesError {
         accepted: &'static str,
     },
     /// A required field is missing.
-    #[error("no {0} given")]
+    #[error("missing {0}")]
     Missing(&'static str),
     /// A host name that could not be an SMTP endpoint.
     #[error("{0:?} is not a host name or IPv4 address")]
@@ -301,7 +301,11 @@ pub fn build_document(
     let region_name = match (&options.region, region_field) {
         (Some(r), _) => r.clone(),
         (None, Some(r)) => r.expose().trim().to_owned(),
-        (None, None) => return Err(SesError::Missing("region (use --ses-region)")),
+        (None, None) => {
+            return Err(SesError::Missing(
+                "region (give --ses-region or a region field)",
+            ))
+        }
     };
     let region = Region::parse(&region_name, options.allow_unlisted_region)?;
 
@@ -666,7 +670,9 @@ mod tests {
         opts.region = None;
         assert_eq!(
             build_document(&input("username=u\npassword=p\n"), &opts).err(),
-            Some(SesError::Missing("region (use --ses-region)"))
+            Some(SesError::Missing(
+                "region (give --ses-region or a region field)"
+            ))
         );
     }
 
