@@ -49,6 +49,8 @@ pub mod exit {
 /// Exit codes: 0 ok, 64 usage, 65 malformed/tampered file or bad secret input,
 /// 66 input missing, 69 backend unavailable, 73 cannot create output,
 /// 75 temporary failure (retry), 77 hardware refused, 78 configuration error.
+/// `ses check` adds 76 (TLS or SMTP protocol failure) and uses 69/77 for an
+/// unreachable endpoint / refused credentials; `status` uses 0-3 (Nagios).
 #[derive(Debug, Parser)]
 #[command(name = "sesame", version, max_term_width = 100)]
 pub struct Cli {
@@ -83,7 +85,15 @@ enum Command {
     Inspect(inspect::InspectArgs),
     /// AWS SES tools: derive the SMTP password, check sealed credentials live.
     Ses(ses::SesArgs),
-    /// Health of sealed files for monitoring (Nagios exit codes 0/1/2/3).
+    /// Health of sealed files for monitoring: can each backend unseal now,
+    /// credential age against the rotation period, TPM PCR drift.
+    ///
+    /// Exit codes (Nagios plugin convention): 0 OK; 1 WARNING (credential
+    /// older than the rotation period, a backend that cannot unseal while
+    /// another can, PCR drift); 2 CRITICAL (no backend can unseal, file
+    /// unreadable, malformed or tampered); 3 UNKNOWN (no sealed files found,
+    /// bad backend options). Command-line syntax errors exit 64, which
+    /// monitoring agents also treat as UNKNOWN.
     Status(status::StatusArgs),
     /// PKCS#11 token tools (create a key to seal to).
     #[command(subcommand)]

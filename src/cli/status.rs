@@ -19,18 +19,8 @@ use super::{CliError, Context};
 /// Where `status` looks when no file is given.
 pub const DEFAULT_DIR: &str = "/etc/sesame";
 
-/// `sesame status [FILE…] [--json] [--rotation-days N]`
-///
-/// For each sealed file: its backends and whether each can unseal right now
-/// (a real unwrap, in memory; nothing is printed but the verdict), the
-/// credential's age against the rotation period, and TPM PCR drift.
-///
-/// Exit codes (Nagios plugin convention): 0 OK; 1 WARNING (credential older
-/// than the rotation period, a backend that cannot unseal while another can,
-/// PCR drift); 2 CRITICAL (no backend can unseal, file unreadable, malformed
-/// or tampered); 3 UNKNOWN (no sealed files found, bad backend options).
-/// Command-line syntax errors exit 64, which monitoring agents also treat as
-/// UNKNOWN.
+/// `sesame status [FILE…] [--json] [--rotation-days N]` (exit codes: see the
+/// `Status` command's help in `cli/mod.rs` and docs/status.md).
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Sealed files [default: /etc/sesame/*.sealed].
