@@ -480,11 +480,27 @@ fn classify(e: &CkError, module: &Path, uri: &Pkcs11Uri, doing: &str) -> Failure
         | RvError::FunctionCanceled
         | RvError::CantLock => Failure::Final(BackendError::Busy {
             backend: KIND,
-            reason: format!("cannot {what}: the token is busy ({rv})"),
+            reason: format!("cannot {what}: the token is busy ({rv:?})"),
             hint: "retry later; too many sessions may be open".into(),
         }),
-        // The failures concurrent start-ups cause: the library read token
-        // files while another process rewrote them.
+        // A module that cannot start (SoftHSM: SOFTHSM2_CONF or its token
+        // directory missing or not ours). Not a start-up race: those show up
+        // after initialize, so this is reported at once.
+        RvError::GeneralError | RvError::FunctionFailed | RvError::DeviceError
+            if matches!(function, Function::Initialize) =>
+        {
+            Failure::Final(BackendError::Unavailable {
+                backend: KIND,
+                reason: format!(
+                    "PKCS#11 module {} failed to initialize ({rv:?})",
+                    module.display()
+                ),
+                hint: "check the module's configuration (for SoftHSM: SOFTHSM2_CONF and its token directory, owned by this user)".into(),
+            })
+        }
+        // The failures concurrent start-ups cause (measured on SoftHSM 2.6:
+        // C_GetTokenInfo and C_Login fail with CKR_GENERAL_ERROR while another
+        // process rewrites the token files): retried.
         RvError::GeneralError
         | RvError::FunctionFailed
         | RvError::TokenNotRecognized
@@ -492,25 +508,16 @@ fn classify(e: &CkError, module: &Path, uri: &Pkcs11Uri, doing: &str) -> Failure
         | RvError::DeviceError
             if matches!(
                 function,
-                Function::Initialize
-                    | Function::GetSlotList
+                Function::GetSlotList
                     | Function::GetTokenInfo
                     | Function::OpenSession
                     | Function::Login
             ) =>
         {
-            let reason = if matches!(function, Function::Initialize) {
-                format!(
-                    "PKCS#11 module {} failed to initialize ({rv})",
-                    module.display()
-                )
-            } else {
-                format!("cannot {what} ({function}: {rv})")
-            };
             Failure::Transient(BackendError::Unavailable {
                 backend: KIND,
-                reason,
-                hint: "check the module's configuration (for SoftHSM: SOFTHSM2_CONF and its token directory, owned by this user)".into(),
+                reason: format!("cannot {what} (C_{function:?}: {rv:?})"),
+                hint: "retry; if it persists, check the token".into(),
             })
         }
         RvError::DeviceRemoved
@@ -519,17 +526,17 @@ fn classify(e: &CkError, module: &Path, uri: &Pkcs11Uri, doing: &str) -> Failure
         | RvError::DeviceError
         | RvError::SlotIdInvalid => Failure::Final(BackendError::Unavailable {
             backend: KIND,
-            reason: format!("cannot {what}: the token is gone or failing ({rv})"),
+            reason: format!("cannot {what}: the token is gone or failing ({rv:?})"),
             hint: "check the HSM is connected and working".into(),
         }),
         RvError::MechanismInvalid => Failure::Final(BackendError::Unavailable {
             backend: KIND,
-            reason: format!("cannot {what}: mechanism not supported ({function})"),
+            reason: format!("cannot {what}: mechanism not supported (C_{function:?})"),
             hint: "use a key type this token supports (see hsm/profiles/)".into(),
         }),
         _ => Failure::Final(BackendError::Unavailable {
             backend: KIND,
-            reason: format!("cannot {what}: {function} failed ({rv})"),
+            reason: format!("cannot {what}: C_{function:?} failed ({rv:?})"),
             hint: "run with -vv for details".into(),
         }),
     }
