@@ -638,3 +638,245 @@ fn audit_json_has_the_documented_fields() {
     }
     assert_eq!(v["backend"], "from-the-future");
 }
+
+// ---- With a real backend: PKCS#11 on a private SoftHSM token per test. ----
+
+use common::softhsm::{write_private, SoftHsm};
+
+/// A SoftHSM token with an AES key `kek`.
+fn token() -> SoftHsm {
+    let hsm = SoftHsm::new("sesame");
+    hsm.create_key("kek", "aes");
+    hsm
+}
+
+#[test]
+fn seal_ses_then_unseal_and_check_live() {
+    let hsm = token();
+    let sealed = hsm.dir().join("ses.sealed");
+    let secret = random_secret();
+    let out = run_with_stdin(
+        hsm.command()
+            .args([
+                "seal",
+                "--ses",
+                "--ses-region",
+                "eu-west-1",
+                "--pkcs11",
+                &hsm.uri("kek"),
+                "--out",
+            ])
+            .arg(&sealed),
+        format!("aws_access_key_id={USER}\naws_secret_access_key={secret}\n").as_bytes(),
+    );
+    let stderr = expect_code(&out, 0);
+    assert!(!stderr.contains(&secret));
+    let bytes = std::fs::read(&sealed).expect("sealed file");
+    assert!(!String::from_utf8_lossy(&bytes).contains(&secret));
+
+    // The complete SES document, with the derived password and not the secret key.
+    let out = run(hsm.command().arg("unseal").arg(&sealed));
+    expect_code(&out, 0);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON document");
+    let password = python_derive(&secret, "eu-west-1");
+    assert_eq!(doc["username"], USER);
+    assert_eq!(doc["password"], password.as_str());
+    assert_eq!(doc["host"], "email-smtp.eu-west-1.amazonaws.com");
+    assert_eq!(doc["port"], "587");
+    assert_eq!(doc["region"], "eu-west-1");
+    assert!(
+        sesame::status::parse_time(doc["created"].as_str().unwrap_or("")).is_some(),
+        "{doc}"
+    );
+    assert_eq!(doc.as_object().map(|o| o.len()), Some(6), "{doc}");
+
+    // A live check of the sealed credentials against the stand-in.
+    let standin = StandIn::start(USER, &password);
+    let out = run(hsm
+        .command()
+        .args([
+            "ses",
+            "check",
+            "--log-format",
+            "json",
+            "--host",
+            "127.0.0.1",
+            "--port",
+        ])
+        .arg(standin.port.to_string())
+        .arg("--ca-file")
+        .arg(standin.ca())
+        .arg(&sealed));
+    let stderr = expect_code(&out, 0);
+    assert!(!stderr.contains(&password) && !stdout(&out).contains(&password));
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .collect();
+    let audit: Vec<(&str, &str, &str)> = events
+        .iter()
+        .filter(|e| e["target"] == "sesame::audit")
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or(""),
+                e["purpose"].as_str().unwrap_or(""),
+                e["outcome"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        audit,
+        vec![
+            ("unseal", "ses-check", "ok"),
+            ("ses-check", "ses-check", "ok")
+        ],
+        "{stderr}"
+    );
+    assert_eq!(standin.records("auth").len(), 1);
+    assert!(standin.records("message").is_empty());
+
+    // The same file against a server that wants another password: 77.
+    let other = StandIn::start(USER, "another-password");
+    let out = run(hsm
+        .command()
+        .args(["ses", "check", "--host", "127.0.0.1", "--port"])
+        .arg(other.port.to_string())
+        .arg("--ca-file")
+        .arg(other.ca())
+        .arg(&sealed));
+    expect_code(&out, 77);
+}
+
+fn seal_document(hsm: &SoftHsm, uris: &[String], path: &Path, document: &str) {
+    let mut cmd = hsm.command();
+    cmd.arg("seal").arg("--out").arg(path);
+    for uri in uris {
+        cmd.args(["--pkcs11", uri]);
+    }
+    expect_code(&run_with_stdin(&mut cmd, document.as_bytes()), 0);
+}
+
+#[test]
+fn status_ok_and_credential_age() {
+    let hsm = token();
+    let fresh = hsm.dir().join("fresh.sealed");
+    let old = hsm.dir().join("old.sealed");
+    seal_document(&hsm, &[hsm.uri("kek")], &fresh, "username=u\npassword=p\n");
+    seal_document(
+        &hsm,
+        &[hsm.uri("kek")],
+        &old,
+        "username=u\npassword=p\ncreated=2020-01-01\n",
+    );
+
+    let out = run(hsm.command().arg("status").arg(&fresh));
+    expect_code(&out, 0);
+    let text = stdout(&out);
+    assert!(text.starts_with("SESAME OK - 1 sealed file OK\n"), "{text}");
+    assert!(
+        text.contains("stanza 1 pkcs11: can unseal: yes; PCR drift: n/a"),
+        "{text}"
+    );
+    assert!(!text.contains(hsm.pin()));
+
+    let out = run(hsm
+        .command()
+        .args(["status", "--json"])
+        .arg(&fresh)
+        .arg(&old));
+    expect_code(&out, 1);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["status"], "WARNING");
+    assert_eq!(json["files"][0]["status"], "OK");
+    assert_eq!(json["files"][0]["age_days"], 0);
+    assert_eq!(json["files"][1]["status"], "WARNING");
+    assert_eq!(json["files"][1]["age_source"], "document");
+    assert!(
+        json["files"][1]["age_days"].as_u64().unwrap_or(0) > 365 * 5,
+        "{json}"
+    );
+    assert!(json["files"][1]["problems"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("past the 90-day rotation period"));
+
+    // The period comes from the flag, else the settings file; 0 disables it.
+    expect_code(
+        &run(hsm
+            .command()
+            .args(["status", "--rotation-days", "0"])
+            .arg(&old)),
+        0,
+    );
+    let config = hsm.dir().join("sesame.toml");
+    std::fs::write(&config, "rotation_days = 100000\n").expect("write config");
+    expect_code(
+        &run(hsm
+            .command()
+            .env("SESAME_CONFIG", &config)
+            .arg("status")
+            .arg(&old)),
+        0,
+    );
+}
+
+#[test]
+fn status_warns_when_one_backend_cannot_unseal_and_is_critical_when_none_can() {
+    let hsm = token();
+    hsm.create_key("kek2", "aes");
+    // The second stanza reads its PIN from its own file, broken after sealing.
+    let second_pin = hsm.dir().join("second.pin");
+    write_private(&second_pin, &format!("{}\n", hsm.pin()));
+    let second_uri = hsm.uri("kek2").replace(
+        &hsm.pin_file().display().to_string(),
+        &second_pin.display().to_string(),
+    );
+    let sealed = hsm.dir().join("two.sealed");
+    seal_document(
+        &hsm,
+        &[hsm.uri("kek"), second_uri],
+        &sealed,
+        "username=u\npassword=p\n",
+    );
+    write_private(&second_pin, "000000\n");
+
+    let out = run(hsm
+        .command()
+        .args(["status", "--json", "--log-format", "json"])
+        .arg(&sealed));
+    let stderr = expect_code(&out, 1);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let stanzas = &json["files"][0]["stanzas"];
+    assert_eq!(stanzas[0]["can_unseal"], true);
+    assert_eq!(stanzas[1]["can_unseal"], false);
+    assert!(json["files"][0]["problems"][0]["message"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("stanza 2 (pkcs11) cannot unseal"));
+    // One audit event per probe: one ok, one failed.
+    let outcomes: Vec<String> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["event"] == "probe")
+        .map(|e| e["outcome"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(outcomes, vec!["ok", "failed"], "{stderr}");
+    assert!(!stderr.contains(hsm.pin()));
+
+    // With a wrong PIN for every stanza, nothing can unseal: CRITICAL.
+    let wrong = hsm.dir().join("wrong.pin");
+    write_private(&wrong, "000000\n");
+    let out = run(hsm
+        .command()
+        .args(["status", "--pkcs11-pin-source"])
+        .arg(format!("file:{}", wrong.display()))
+        .arg(&sealed));
+    expect_code(&out, 2);
+    assert!(
+        stdout(&out).starts_with("SESAME CRITICAL - "),
+        "{}",
+        stdout(&out)
+    );
+}
