@@ -17,3 +17,5 @@ pub mod harden;
 pub mod output;
 pub mod pin;
 pub mod secret;
+pub mod ses;
+pub mod status;

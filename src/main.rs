@@ -29,7 +29,9 @@ fn main() -> ExitCode {
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("sesame: {e}");
+            if !e.is_silent() {
+                eprintln!("sesame: {e}");
+            }
             ExitCode::from(e.code)
         }
     }

@@ -1,10 +1,13 @@
 //! Command-line parsing, dispatch, logging set-up and the mapping of every
 //! library error to a one-line message and a sysexits code.
 
+mod audit;
 mod backends;
 mod inspect;
 mod pkcs11;
 mod seal;
+mod ses;
+mod status;
 mod unseal;
 
 use std::fmt;
@@ -46,6 +49,8 @@ pub mod exit {
 /// Exit codes: 0 ok, 64 usage, 65 malformed/tampered file or bad secret input,
 /// 66 input missing, 69 backend unavailable, 73 cannot create output,
 /// 75 temporary failure (retry), 77 hardware refused, 78 configuration error.
+/// `ses check` adds 76 (TLS or SMTP protocol failure) and uses 69/77 for an
+/// unreachable endpoint / refused credentials; `status` uses 0-3 (Nagios).
 #[derive(Debug, Parser)]
 #[command(name = "sesame", version, max_term_width = 100)]
 pub struct Cli {
@@ -78,6 +83,18 @@ enum Command {
     Unseal(unseal::UnsealArgs),
     /// Show a sealed file's header (backends, PCRs, dates) without hardware.
     Inspect(inspect::InspectArgs),
+    /// AWS SES tools: derive the SMTP password, check sealed credentials live.
+    Ses(ses::SesArgs),
+    /// Health of sealed files for monitoring: can each backend unseal now,
+    /// credential age against the rotation period, TPM PCR drift.
+    ///
+    /// Exit codes (Nagios plugin convention): 0 OK; 1 WARNING (credential
+    /// older than the rotation period, a backend that cannot unseal while
+    /// another can, PCR drift); 2 CRITICAL (no backend can unseal, file
+    /// unreadable, malformed or tampered); 3 UNKNOWN (no sealed files found,
+    /// bad backend options). Command-line syntax errors exit 64, which
+    /// monitoring agents also treat as UNKNOWN.
+    Status(status::StatusArgs),
     /// PKCS#11 token tools (create a key to seal to).
     #[command(subcommand)]
     Pkcs11(pkcs11::Pkcs11Command),
@@ -113,26 +130,46 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Seal(args) => seal::run(&ctx, args),
         Command::Unseal(args) => unseal::run(&ctx, args),
         Command::Inspect(args) => inspect::run(&ctx, args),
+        Command::Ses(args) => ses::run(&ctx, args),
+        Command::Status(args) => status::run(&ctx, args),
         Command::Pkcs11(cmd) => pkcs11::run(&ctx, cmd),
     }
 }
 
+/// Sets up stderr logging. Audit events (target `sesame::audit`, level INFO)
+/// are always on in JSON mode, where a collector wants every one of them; in
+/// text mode they appear from `-v` on, so that at default verbosity a failure
+/// is reported once, by the one-line error, not twice.
 fn init_logging(verbose: u8, format: LogFormat) {
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+
     let level = match verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        2 => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
+    let audit_level = match format {
+        // More verbose levels compare greater.
+        LogFormat::Json => level.max(LevelFilter::INFO),
+        LogFormat::Text => level,
+    };
+    let filter = Targets::new()
+        .with_default(level)
+        .with_target(audit::TARGET, audit_level);
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(true);
     // Ignore "already set": only possible if called twice, which run() does not.
     let _ = match format {
-        LogFormat::Text => builder.without_time().try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.without_time().with_filter(filter))
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(layer.json().flatten_event(true).with_filter(filter))
+            .try_init(),
     };
 }
 
@@ -160,6 +197,17 @@ impl fmt::Display for CliError {
 }
 
 impl CliError {
+    /// An exit code with nothing more to say on stderr: the command already
+    /// reported (e.g. `status`, whose report on stdout is the message).
+    pub fn silent(code: u8) -> Self {
+        Self::new(code, "", "", None)
+    }
+
+    /// True for [`CliError::silent`] errors.
+    pub fn is_silent(&self) -> bool {
+        self.what.is_empty() && self.why.is_empty()
+    }
+
     /// A new error.
     pub fn new(
         code: u8,

@@ -27,9 +27,26 @@ pub struct SealArgs {
     name: Option<String>,
     #[command(flatten)]
     backends: SealBackendArgs,
+    #[command(flatten)]
+    ses: super::ses::SesSealArgs,
 }
 
 pub fn run(ctx: &Context, args: SealArgs) -> Result<(), CliError> {
+    let result = seal(ctx, &args);
+    // Success is audited inside, with the backends used; a failure here.
+    if let Err(e) = &result {
+        let reason = e.to_string();
+        super::audit::Audit {
+            file: Some(&args.out),
+            reason: Some(&reason),
+            ..super::audit::Audit::new("seal", "seal")
+        }
+        .emit();
+    }
+    result
+}
+
+fn seal(ctx: &Context, args: &SealArgs) -> Result<(), CliError> {
     let what = format!("seal {}", args.out.display());
     // Fail before reading any secret or touching hardware.
     if !args.force && args.out.symlink_metadata().is_ok() {
@@ -45,7 +62,11 @@ pub fn run(ctx: &Context, args: SealArgs) -> Result<(), CliError> {
         options.generation = previous_generation(&args.out).map_or(1, |g| g.saturating_add(1));
     }
     let mut backends = backends::for_sealing(ctx, &args.backends)?;
-    let document = read_secret().map_err(|e| e.with_what(&what))?;
+    let document = read_secret(args.ses.prompt_fields()).map_err(|e| e.with_what(&what))?;
+    let document = args
+        .ses
+        .finish(document, &options.created)
+        .map_err(|e| e.with_what(&what))?;
     let mut refs: Vec<&mut dyn sesame::backend::KeyBackend> =
         backends.iter_mut().map(|b| b.as_mut() as _).collect();
     let sealed =
@@ -58,14 +79,21 @@ pub fn run(ctx: &Context, args: SealArgs) -> Result<(), CliError> {
         allow_persistent: true,
     };
     fsio::write_atomic(&args.out, &sealed, &write).map_err(|e| CliError::io(&what, e))?;
-    tracing::info!(
-        target: "sesame::audit",
-        event = "seal",
-        file = %args.out.display(),
-        backends = %refs_kinds(&backends),
-        generation = options.generation,
-        outcome = "ok",
-    );
+    let kinds = refs_kinds(&backends);
+    let pcrs = args
+        .backends
+        .tpm2_pcrs
+        .clone()
+        .or_else(|| ctx.config.tpm2_pcrs.clone());
+    super::audit::Audit {
+        file: Some(&args.out),
+        backend: Some(&kinds),
+        pcrs: pcrs.as_deref().filter(|_| args.backends.tpm2),
+        generation: Some(options.generation),
+        outcome: super::audit::Outcome::Ok,
+        ..super::audit::Audit::new("seal", "seal")
+    }
+    .emit();
     Ok(())
 }
 
@@ -82,11 +110,12 @@ fn previous_generation(path: &std::path::Path) -> Option<u64> {
     format::parse_header_only(&bytes).ok().map(|h| h.generation)
 }
 
-/// Reads the secret: prompts on a terminal, else parses standard input.
-fn read_secret() -> Result<SecretDocument, CliError> {
+/// Reads the secret: prompts for `prompt_fields` on a terminal, else parses
+/// standard input.
+pub(super) fn read_secret(prompt_fields: [&str; 2]) -> Result<SecretDocument, CliError> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        return prompt_secret();
+        return prompt_secret(prompt_fields);
     }
     let mut input = Zeroizing::new(Vec::new());
     stdin
@@ -97,16 +126,16 @@ fn read_secret() -> Result<SecretDocument, CliError> {
     SecretDocument::parse_input(&input).map_err(|e| CliError::document("standard input", e))
 }
 
-fn prompt_secret() -> Result<SecretDocument, CliError> {
+fn prompt_secret(fields: [&str; 2]) -> Result<SecretDocument, CliError> {
     let mut doc = SecretDocument::new();
-    for name in ["username", "password"] {
+    for name in fields {
         let value = rpassword::prompt_password(format!("{name}: "))
             .map_err(|e| CliError::new(super::exit::NOINPUT, "terminal", e.to_string(), None))?;
         let value = SecretValue::new(value);
         if value.expose().is_empty() {
             return Err(CliError::usage("terminal", format!("empty {name}"), None));
         }
-        // Invariant: both names are valid and distinct.
+        // Invariant: both names are valid and distinct (fixed by the callers).
         doc.insert(FieldName::new(name).expect("valid name"), value)
             .expect("distinct names");
     }
@@ -114,7 +143,7 @@ fn prompt_secret() -> Result<SecretDocument, CliError> {
 }
 
 impl CliError {
-    fn with_what(mut self, what: &str) -> Self {
+    pub(super) fn with_what(mut self, what: &str) -> Self {
         self.what = format!("{what}: {}", self.what);
         self
     }

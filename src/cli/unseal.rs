@@ -5,11 +5,12 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use sesame::backend::KeyBackend;
-use sesame::envelope::{self, Unsealed};
+use sesame::envelope::{self, UnsealError, Unsealed};
 use sesame::format;
 use sesame::fsio::{self, WriteOptions};
 use sesame::output::{self, OutputFormat, RenderOptions};
 
+use super::audit::{Audit, Outcome};
 use super::backends::{self, UnsealBackendArgs};
 use super::{CliError, Context};
 
@@ -165,10 +166,48 @@ pub fn unseal_file(
     file: &Path,
     args: &UnsealBackendArgs,
 ) -> Result<Unsealed, CliError> {
+    unseal_file_for(ctx, file, args, "unseal")
+}
+
+/// [`unseal_file`] on behalf of another command (`purpose` goes in the audit
+/// event, e.g. `ses-check`). Exactly one audit event is emitted on every path,
+/// including an unreadable file.
+pub fn unseal_file_for(
+    ctx: &Context,
+    file: &Path,
+    args: &UnsealBackendArgs,
+    purpose: &'static str,
+) -> Result<Unsealed, CliError> {
     let what = format!("unseal {}", file.display());
-    let bytes =
-        fsio::read_bounded(file, format::MAX_FILE_LEN).map_err(|e| CliError::io(&what, e))?;
-    let mut backends = backends::for_unsealing(ctx, args)?;
+    let mut record = Audit {
+        file: Some(file),
+        ..Audit::new("unseal", purpose)
+    };
+    let bytes = match fsio::read_bounded(file, format::MAX_FILE_LEN) {
+        Ok(b) => b,
+        Err(e) => {
+            let e = CliError::io(&what, e);
+            let reason = e.to_string();
+            Audit {
+                reason: Some(&reason),
+                ..record
+            }
+            .emit();
+            return Err(e);
+        }
+    };
+    let mut backends = match backends::for_unsealing(ctx, args) {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = e.to_string();
+            Audit {
+                reason: Some(&reason),
+                ..record
+            }
+            .emit();
+            return Err(e);
+        }
+    };
     let mut refs: Vec<&mut dyn KeyBackend> = backends.iter_mut().map(|b| b.as_mut() as _).collect();
     let result = envelope::unseal(&bytes, &mut refs);
     match &result {
@@ -177,23 +216,42 @@ pub fn unseal_file(
                 tracing::info!(file = %file.display(), stanza = index + 1, backend = %kind, %reason, "stanza skipped");
             }
             let stanza = &u.header.stanzas[u.stanza_index];
-            tracing::info!(
-                target: "sesame::audit",
-                event = "unseal",
-                file = %file.display(),
-                backend = %stanza.kind,
-                pcrs = stanza.field("pcrs").unwrap_or("-"),
-                generation = u.header.generation,
-                outcome = "ok",
-            );
+            Audit {
+                backend: Some(&stanza.kind),
+                pcrs: stanza.field("pcrs"),
+                generation: Some(u.header.generation),
+                outcome: Outcome::Ok,
+                ..record
+            }
+            .emit();
         }
-        Err(e) => tracing::warn!(
-            target: "sesame::audit",
-            event = "unseal",
-            file = %file.display(),
-            outcome = "failed",
-            reason = %e,
-        ),
+        Err(e) => {
+            // The header may still parse when the unseal failed: name the
+            // backend that failed and the PCRs its stanza is bound to.
+            let header = format::parse_header_only(&bytes).ok();
+            let failed_kind = match e {
+                UnsealError::Backend(b) => Some(b.backend()),
+                _ => None,
+            };
+            let stanza = header.as_ref().and_then(|h| {
+                h.stanzas
+                    .iter()
+                    .find(|s| Some(s.kind.as_str()) == failed_kind)
+            });
+            let kinds = header.as_ref().map(|h| {
+                h.stanzas
+                    .iter()
+                    .map(|s| s.kind.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            let reason = e.to_string();
+            record.backend = failed_kind.or(kinds.as_deref());
+            record.pcrs = stanza.and_then(|s| s.field("pcrs"));
+            record.generation = header.as_ref().map(|h| h.generation);
+            record.reason = Some(&reason);
+            record.emit();
+        }
     }
     result.map_err(|e| CliError::unseal(what, e))
 }
