@@ -41,12 +41,11 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn sesame");
-    child
-        .stdin
-        .take()
-        .expect("stdin piped")
-        .write_all(stdin)
-        .expect("write stdin");
+    // The command may exit before reading its input (a usage error): a broken
+    // pipe here is part of the behaviour under test, not a harness failure.
+    if let Err(e) = child.stdin.take().expect("stdin piped").write_all(stdin) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+    }
     child.wait_with_output().expect("wait for sesame")
 }
 
