@@ -17,3 +17,4 @@ pub mod harden;
 pub mod output;
 pub mod pin;
 pub mod secret;
+pub mod systemd;

@@ -2,8 +2,10 @@
 //! library error to a one-line message and a sysexits code.
 
 mod backends;
+mod exec;
 mod inspect;
 mod seal;
+mod systemd;
 mod unseal;
 
 use std::fmt;
@@ -77,6 +79,10 @@ enum Command {
     Unseal(unseal::UnsealArgs),
     /// Show a sealed file's header (backends, PCRs, dates) without hardware.
     Inspect(inspect::InspectArgs),
+    /// Unseal, then run COMMAND with the fields in its environment (never on argv).
+    Exec(exec::ExecArgs),
+    /// Boot-time unsealing: install the systemd unit, or run its unseal step.
+    Systemd(systemd::SystemdArgs),
 }
 
 /// Shared state for commands: the loaded config.
@@ -109,6 +115,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Seal(args) => seal::run(&ctx, args),
         Command::Unseal(args) => unseal::run(&ctx, args),
         Command::Inspect(args) => inspect::run(&ctx, args),
+        Command::Exec(args) => exec::run(&ctx, args),
+        Command::Systemd(args) => systemd::run(&ctx, args),
     }
 }
 
