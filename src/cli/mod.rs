@@ -127,8 +127,13 @@ fn init_logging(verbose: u8, format: LogFormat) {
         2 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
+    // tss-esapi logs every refused TPM command at ERROR through `log`, which
+    // duplicates our one-line error; show it only at -vvv (it logs response
+    // codes and handle numbers, never data).
+    let tss = if verbose >= 3 { "trace" } else { "off" };
+    let filter = tracing_subscriber::EnvFilter::new(format!("{level},tss_esapi={tss}"));
     let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_target(true);
