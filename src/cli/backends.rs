@@ -3,7 +3,7 @@
 use std::io::IsTerminal as _;
 
 use clap::{Args, ValueEnum};
-use sesame::backend::pkcs11::{self, PinPrompt, Pkcs11Backend};
+use sesame::backend::pkcs11::{self, OaepHash, PinPrompt, Pkcs11Backend};
 use sesame::backend::tpm2::{self, Tpm2Backend};
 use sesame::backend::KeyBackend;
 use sesame::pin::{PinError, PinSource};
@@ -29,6 +29,10 @@ pub struct SealBackendArgs {
     /// `pkcs11:token=sesame;object=ses-kek?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/sesame/hsm.pin`.
     #[arg(long = "pkcs11", value_name = "URI")]
     pub pkcs11: Vec<String>,
+    /// RSA-OAEP hash for --pkcs11 keys that are RSA [default: sha256]. SoftHSM 2.6
+    /// supports only sha1.
+    #[arg(long, value_name = "HASH", value_parser = ["sha1", "sha256", "sha384", "sha512"], requires = "pkcs11")]
+    pub pkcs11_oaep_hash: Option<String>,
 }
 
 /// `--tpm2-device`, shared by every command that talks to a TPM.
@@ -110,9 +114,17 @@ pub fn for_sealing(
             .map_err(|e| CliError::backend(format!("seal with {}", tpm2::KIND), e))?;
         out.push(Box::new(backend));
     }
+    // Invariant: clap only lets the listed names through.
+    let oaep_hash = args
+        .pkcs11_oaep_hash
+        .as_deref()
+        .map_or(OaepHash::DEFAULT, |h| {
+            OaepHash::parse(h).expect("clap restricts --pkcs11-oaep-hash")
+        });
     for uri in &args.pkcs11 {
         let backend = Pkcs11Backend::for_sealing(uri, terminal_pin_prompt())
-            .map_err(|e| CliError::backend(format!("seal with {}", pkcs11::KIND), e))?;
+            .map_err(|e| CliError::backend(format!("seal with {}", pkcs11::KIND), e))?
+            .with_oaep_hash(oaep_hash);
         out.push(Box::new(backend));
     }
     if out.is_empty() {

@@ -4,6 +4,7 @@
 mod backends;
 mod exec;
 mod inspect;
+mod pkcs11;
 mod seal;
 mod systemd;
 mod unseal;
@@ -83,6 +84,9 @@ enum Command {
     Exec(exec::ExecArgs),
     /// Boot-time unsealing: install the systemd unit, or run its unseal step.
     Systemd(systemd::SystemdArgs),
+    /// PKCS#11 token tools (create a key to seal to).
+    #[command(subcommand)]
+    Pkcs11(pkcs11::Pkcs11Command),
 }
 
 /// Shared state for commands: the loaded config.
@@ -117,6 +121,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Exec(args) => exec::run(&ctx, args),
         Command::Systemd(args) => systemd::run(&ctx, args),
+        Command::Pkcs11(cmd) => pkcs11::run(&ctx, cmd),
     }
 }
 
