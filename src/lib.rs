@@ -19,3 +19,4 @@ pub mod pin;
 pub mod secret;
 pub mod ses;
 pub mod status;
+pub mod systemd;

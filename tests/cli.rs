@@ -45,7 +45,11 @@ impl Fixture {
 fn one_line_naming(stderr: &str, file: &Path) {
     assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr}");
     assert!(stderr.starts_with("sesame: "), "{stderr}");
-    assert!(stderr.contains(&*file.to_string_lossy()), "must name {}: {stderr}", file.display());
+    assert!(
+        stderr.contains(&*file.to_string_lossy()),
+        "must name {}: {stderr}",
+        file.display()
+    );
     assert!(!stderr.contains(SECRET), "secret leaked: {stderr}");
 }
 
@@ -54,7 +58,10 @@ fn seal_then_unseal_in_every_format() {
     let f = Fixture::new();
     let sealed = fs::read(&f.sealed).unwrap();
     assert!(!sealed.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
-    assert_eq!(fs::metadata(&f.sealed).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        fs::metadata(&f.sealed).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
     let out = f.unseal(&f.sealed, &[]);
     expect_code(&out, 0);
@@ -65,7 +72,10 @@ fn seal_then_unseal_in_every_format() {
     let out = f.unseal(&f.sealed, &["--format", "env", "--env-prefix", "SES_"]);
     expect_code(&out, 0);
     let env = String::from_utf8(out.stdout).unwrap();
-    assert!(env.contains(&format!("SES_PASSWORD=\"{SECRET}\"\n")), "{env}");
+    assert!(
+        env.contains(&format!("SES_PASSWORD=\"{SECRET}\"\n")),
+        "{env}"
+    );
     // A POSIX shell reads the env format back exactly.
     let envfile = f.dir.path().join("env");
     fs::write(&envfile, &env).unwrap();
@@ -84,8 +94,13 @@ fn seal_then_unseal_in_every_format() {
         String::from_utf8(out.stdout).unwrap(),
         format!("email-smtp.eu-west-1.amazonaws.com:AKIAIOSFODNN7EXAMPLE:{SECRET}\n")
     );
-    let out = f.unseal(&f.sealed, &["--format", "exim", "--exim-host", "*.amazonaws.com"]);
-    assert!(String::from_utf8(out.stdout).unwrap().starts_with("*.amazonaws.com:AKIA"));
+    let out = f.unseal(
+        &f.sealed,
+        &["--format", "exim", "--exim-host", "*.amazonaws.com"],
+    );
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .starts_with("*.amazonaws.com:AKIA"));
 
     let out = f.unseal(&f.sealed, &["--format", "value", "--field", "password"]);
     expect_code(&out, 0);
@@ -100,7 +115,10 @@ fn seal_then_unseal_in_every_format() {
     let out = run(common::sesame().arg("inspect").arg(&f.sealed));
     expect_code(&out, 0);
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("name: ses test") && text.contains("stanza 1: pkcs11"), "{text}");
+    assert!(
+        text.contains("name: ses test") && text.contains("stanza 1: pkcs11"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -109,11 +127,19 @@ fn output_file_is_atomic_private_and_on_tmpfs_only() {
     let run_dir = common::tmpfs_dir();
     let target = run_dir.path().join("passwd.client");
     let t = target.to_str().unwrap();
-    let out = f.unseal(&f.sealed, &["--format", "exim", "--output", t, "--mode", "0640"]);
+    let out = f.unseal(
+        &f.sealed,
+        &["--format", "exim", "--output", t, "--mode", "0640"],
+    );
     expect_code(&out, 0);
     assert!(out.stdout.is_empty());
-    assert_eq!(fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o640);
-    assert!(fs::read_to_string(&target).unwrap().ends_with(&format!(":{SECRET}\n")));
+    assert_eq!(
+        fs::metadata(&target).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    assert!(fs::read_to_string(&target)
+        .unwrap()
+        .ends_with(&format!(":{SECRET}\n")));
 
     // Exists: refused, old content kept; --force replaces.
     fs::write(&target, "old").unwrap();
@@ -126,9 +152,28 @@ fn output_file_is_atomic_private_and_on_tmpfs_only() {
 
     // Group by name.
     let g = run_dir.path().join("grouped");
-    let out = f.unseal(&f.sealed, &["--output", g.to_str().unwrap(), "--mode", "0640", "--group", "root"]);
+    let out = f.unseal(
+        &f.sealed,
+        &[
+            "--output",
+            g.to_str().unwrap(),
+            "--mode",
+            "0640",
+            "--group",
+            "root",
+        ],
+    );
     expect_code(&out, 0);
-    let out = f.unseal(&f.sealed, &["--output", g.to_str().unwrap(), "--force", "--group", "no-such-group-x"]);
+    let out = f.unseal(
+        &f.sealed,
+        &[
+            "--output",
+            g.to_str().unwrap(),
+            "--force",
+            "--group",
+            "no-such-group-x",
+        ],
+    );
     expect_code(&out, 64);
 
     // Persistent destination: refused before touching the token; nothing written.
@@ -138,20 +183,37 @@ fn output_file_is_atomic_private_and_on_tmpfs_only() {
         let out = f.unseal(&f.sealed, &["--output", p.to_str().unwrap()]);
         one_line_naming(&expect_code(&out, 73), &p);
         assert_eq!(fs::read_dir(disk.path()).unwrap().count(), 0);
-        let out = f.unseal(&f.sealed, &["--output", p.to_str().unwrap(), "--allow-persistent"]);
+        let out = f.unseal(
+            &f.sealed,
+            &["--output", p.to_str().unwrap(), "--allow-persistent"],
+        );
         expect_code(&out, 0);
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
 
     // Modes readable by others are refused as usage errors.
-    let out = f.unseal(&f.sealed, &["--output", run_dir.path().join("w").to_str().unwrap(), "--mode", "0644"]);
+    let out = f.unseal(
+        &f.sealed,
+        &[
+            "--output",
+            run_dir.path().join("w").to_str().unwrap(),
+            "--mode",
+            "0644",
+        ],
+    );
     expect_code(&out, 64);
     // No temp files left behind by any of the above.
     let names: Vec<String> = fs::read_dir(run_dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.iter().all(|n| !n.starts_with(".sesame-")), "{names:?}");
+    assert!(
+        names.iter().all(|n| !n.starts_with(".sesame-")),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -159,7 +221,9 @@ fn tampering_is_detected_and_reported_as_65() {
     let f = Fixture::new();
     let bytes = fs::read(&f.sealed).unwrap();
     let header_len = sesame::format::parse(&bytes).unwrap().header_bytes.len();
-    let name_at = String::from_utf8_lossy(&bytes[..header_len]).find("name: ses test").unwrap();
+    let name_at = String::from_utf8_lossy(&bytes[..header_len])
+        .find("name: ses test")
+        .unwrap();
 
     // A header byte changed (the name, which no backend reads).
     let mut header_flip = bytes.clone();
@@ -183,9 +247,20 @@ fn tampering_is_detected_and_reported_as_65() {
         ("truncated", bytes[..bytes.len() - 30].to_vec()),
         ("truncated-header", bytes[..header_len - 3].to_vec()),
         ("empty", Vec::new()),
-        ("magic", [b"age-encryption.org/v1\n".as_slice(), &bytes].concat()),
-        ("future", String::from_utf8_lossy(&bytes[..header_len]).replacen("v1\n", "v9\n", 1).into_bytes()),
-        ("oversized", [bytes.clone(), vec![0u8; sesame::format::MAX_FILE_LEN]].concat()),
+        (
+            "magic",
+            [b"age-encryption.org/v1\n".as_slice(), &bytes].concat(),
+        ),
+        (
+            "future",
+            String::from_utf8_lossy(&bytes[..header_len])
+                .replacen("v1\n", "v9\n", 1)
+                .into_bytes(),
+        ),
+        (
+            "oversized",
+            [bytes.clone(), vec![0u8; sesame::format::MAX_FILE_LEN]].concat(),
+        ),
     ];
     for (name, content) in cases {
         let p = f.dir.path().join(format!("{name}.sealed"));
@@ -210,7 +285,11 @@ fn seal_is_atomic_and_refuses_to_overwrite() {
 
     // Exists without --force: 73, file untouched.
     let out = run_with_stdin(
-        f.hsm.command().args(["seal", "--out"]).arg(&f.sealed).args(["--pkcs11", &uri]),
+        f.hsm
+            .command()
+            .args(["seal", "--out"])
+            .arg(&f.sealed)
+            .args(["--pkcs11", &uri]),
         SES.as_bytes(),
     );
     one_line_naming(&expect_code(&out, 73), &f.sealed);
@@ -218,14 +297,22 @@ fn seal_is_atomic_and_refuses_to_overwrite() {
 
     // A failing --force (bad input) leaves the old file and no temp file.
     let out = run_with_stdin(
-        f.hsm.command().args(["seal", "--force", "--out"]).arg(&f.sealed).args(["--pkcs11", &uri]),
+        f.hsm
+            .command()
+            .args(["seal", "--force", "--out"])
+            .arg(&f.sealed)
+            .args(["--pkcs11", &uri]),
         b"bad-name!=x\n",
     );
     expect_code(&out, 65);
     assert_eq!(fs::read(&f.sealed).unwrap(), before);
     // A failing --force (key missing) too.
     let out = run_with_stdin(
-        f.hsm.command().args(["seal", "--force", "--out"]).arg(&f.sealed).args(["--pkcs11", &f.hsm.uri("absent")]),
+        f.hsm
+            .command()
+            .args(["seal", "--force", "--out"])
+            .arg(&f.sealed)
+            .args(["--pkcs11", &f.hsm.uri("absent")]),
         SES.as_bytes(),
     );
     assert_ne!(out.status.code(), Some(0));
@@ -235,11 +322,17 @@ fn seal_is_atomic_and_refuses_to_overwrite() {
 
     // --force succeeds and carries the generation on.
     let out = run_with_stdin(
-        f.hsm.command().args(["seal", "--force", "--out"]).arg(&f.sealed).args(["--pkcs11", &uri]),
+        f.hsm
+            .command()
+            .args(["seal", "--force", "--out"])
+            .arg(&f.sealed)
+            .args(["--pkcs11", &uri]),
         SES.as_bytes(),
     );
     expect_code(&out, 0);
-    let header = sesame::format::parse(&fs::read(&f.sealed).unwrap()).unwrap().header;
+    let header = sesame::format::parse(&fs::read(&f.sealed).unwrap())
+        .unwrap()
+        .header;
     assert_eq!(header.generation, 2);
 }
 
@@ -258,7 +351,10 @@ fn bad_secret_input_is_rejected_without_echoing_it() {
     ];
     for (input, code) in inputs {
         let out = run_with_stdin(
-            hsm.command().args(["seal", "-vvv", "--out"]).arg(&out_path).args(["--pkcs11", &hsm.uri("kek")]),
+            hsm.command()
+                .args(["seal", "-vvv", "--out"])
+                .arg(&out_path)
+                .args(["--pkcs11", &hsm.uri("kek")]),
             input,
         );
         let stderr = expect_code(&out, code);
@@ -266,7 +362,10 @@ fn bad_secret_input_is_rejected_without_echoing_it() {
         assert!(!out_path.exists());
     }
     // No backend at all is a usage error.
-    let out = run_with_stdin(common::sesame().args(["seal", "--out"]).arg(&out_path), SES.as_bytes());
+    let out = run_with_stdin(
+        common::sesame().args(["seal", "--out"]).arg(&out_path),
+        SES.as_bytes(),
+    );
     expect_code(&out, 64);
 }
 
@@ -277,17 +376,30 @@ fn exim_format_refuses_values_that_break_its_lines() {
     let dir = tempfile::tempdir().unwrap();
     for (name, input) in [
         ("colon", r#"{"username":"u","password":"Zq9-known:SECRET"}"#),
-        ("newline", r#"{"username":"u","password":"Zq9-known\nSECRET"}"#),
+        (
+            "newline",
+            r#"{"username":"u","password":"Zq9-known\nSECRET"}"#,
+        ),
     ] {
         let sealed = dir.path().join(format!("{name}.sealed"));
         let out = run_with_stdin(
-            hsm.command().args(["seal", "--out"]).arg(&sealed).args(["--pkcs11", &hsm.uri("kek")]),
+            hsm.command()
+                .args(["seal", "--out"])
+                .arg(&sealed)
+                .args(["--pkcs11", &hsm.uri("kek")]),
             input.as_bytes(),
         );
         expect_code(&out, 0);
-        let out = run(hsm.command().arg("unseal").arg(&sealed).args(["--format", "exim"]));
+        let out = run(hsm
+            .command()
+            .arg("unseal")
+            .arg(&sealed)
+            .args(["--format", "exim"]));
         let stderr = expect_code(&out, 65);
-        assert!(stderr.contains("password") && !stderr.contains("SECRET"), "{stderr}");
+        assert!(
+            stderr.contains("password") && !stderr.contains("SECRET"),
+            "{stderr}"
+        );
         assert!(out.stdout.is_empty());
         // JSON still carries it faithfully.
         let out = run(hsm.command().arg("unseal").arg(&sealed));
@@ -301,16 +413,25 @@ fn secret_and_pin_never_appear_in_verbose_output() {
     let pin = f.hsm.pin();
     let checks = |out: &std::process::Output, allow_stdout: bool| {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!stderr.contains(SECRET) && !stderr.contains(pin), "stderr leaked: {stderr}");
+        assert!(
+            !stderr.contains(SECRET) && !stderr.contains(pin),
+            "stderr leaked: {stderr}"
+        );
         if !allow_stdout {
             let stdout = String::from_utf8_lossy(&out.stdout);
-            assert!(!stdout.contains(SECRET) && !stdout.contains(pin), "stdout leaked");
+            assert!(
+                !stdout.contains(SECRET) && !stdout.contains(pin),
+                "stdout leaked"
+            );
         }
     };
     for format in ["--log-format=text", "--log-format=json"] {
         let run_dir = common::tmpfs_dir();
         let target = run_dir.path().join("o");
-        let out = f.unseal(&f.sealed, &["-vvv", format, "--output", target.to_str().unwrap()]);
+        let out = f.unseal(
+            &f.sealed,
+            &["-vvv", format, "--output", target.to_str().unwrap()],
+        );
         expect_code(&out, 0);
         checks(&out, false);
         // Failure: tampered body.
@@ -325,7 +446,11 @@ fn secret_and_pin_never_appear_in_verbose_output() {
         // Sealing with maximum verbosity.
         let again = f.dir.path().join(format!("again{format}.sealed"));
         let out = run_with_stdin(
-            f.hsm.command().args(["-vvv", format, "seal", "--out"]).arg(&again).args(["--pkcs11", &f.hsm.uri("kek")]),
+            f.hsm
+                .command()
+                .args(["-vvv", format, "seal", "--out"])
+                .arg(&again)
+                .args(["--pkcs11", &f.hsm.uri("kek")]),
             SES.as_bytes(),
         );
         expect_code(&out, 0);

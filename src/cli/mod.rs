@@ -3,11 +3,13 @@
 
 mod audit;
 mod backends;
+mod exec;
 mod inspect;
 mod pkcs11;
 mod seal;
 mod ses;
 mod status;
+mod systemd;
 mod unseal;
 
 use std::fmt;
@@ -95,6 +97,10 @@ enum Command {
     /// bad backend options). Command-line syntax errors exit 64, which
     /// monitoring agents also treat as UNKNOWN.
     Status(status::StatusArgs),
+    /// Unseal, then run COMMAND with the fields in its environment (never on argv).
+    Exec(exec::ExecArgs),
+    /// Boot-time unsealing: install the systemd unit, or run its unseal step.
+    Systemd(systemd::SystemdArgs),
     /// PKCS#11 token tools (create a key to seal to).
     #[command(subcommand)]
     Pkcs11(pkcs11::Pkcs11Command),
@@ -132,6 +138,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Inspect(args) => inspect::run(&ctx, args),
         Command::Ses(args) => ses::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
+        Command::Exec(args) => exec::run(&ctx, args),
+        Command::Systemd(args) => systemd::run(&ctx, args),
         Command::Pkcs11(cmd) => pkcs11::run(&ctx, cmd),
     }
 }
@@ -155,9 +163,18 @@ fn init_logging(verbose: u8, format: LogFormat) {
         LogFormat::Json => level.max(LevelFilter::INFO),
         LogFormat::Text => level,
     };
+    // tss-esapi logs every refused TPM command at ERROR through `log`, which
+    // duplicates our one-line error; show it only at -vvv (it logs response
+    // codes and handle numbers, never data).
+    let tss_level = if verbose >= 3 {
+        LevelFilter::TRACE
+    } else {
+        LevelFilter::OFF
+    };
     let filter = Targets::new()
         .with_default(level)
-        .with_target(audit::TARGET, audit_level);
+        .with_target(audit::TARGET, audit_level)
+        .with_target("tss_esapi", tss_level);
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(false)
