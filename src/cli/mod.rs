@@ -4,6 +4,7 @@
 mod backends;
 mod inspect;
 mod seal;
+mod tpm2;
 mod unseal;
 
 use std::fmt;
@@ -77,6 +78,8 @@ enum Command {
     Unseal(unseal::UnsealArgs),
     /// Show a sealed file's header (backends, PCRs, dates) without hardware.
     Inspect(inspect::InspectArgs),
+    /// TPM 2.0 administration: info, persist-srk.
+    Tpm2(tpm2::Tpm2Args),
 }
 
 /// Shared state for commands: the loaded config.
@@ -109,6 +112,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Seal(args) => seal::run(&ctx, args),
         Command::Unseal(args) => unseal::run(&ctx, args),
         Command::Inspect(args) => inspect::run(&ctx, args),
+        Command::Tpm2(args) => tpm2::run(&ctx, args),
     }
 }
 
