@@ -5,9 +5,9 @@
 pub mod softhsm;
 pub mod swtpm;
 
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::io::Write as _;
 
 /// The binary under test, with a clean environment: no inherited config, no
 /// TSS logging noise, no colour.
@@ -26,7 +26,8 @@ pub fn sesame() -> Command {
 pub fn empty_config() -> &'static Path {
     static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("sesame-test-empty-{}.toml", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("sesame-test-empty-{}.toml", std::process::id()));
         std::fs::write(&path, "").expect("write empty config");
         path
     })
