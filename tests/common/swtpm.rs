@@ -146,7 +146,24 @@ impl Swtpm {
 
     /// Length of the command log now, to pass to [`Swtpm::commands_since`].
     pub fn log_mark(&self) -> u64 {
+        self.settle_log();
         fs::metadata(self.log_path()).map_or(0, |m| m.len())
+    }
+
+    /// swtpm may write its log a moment after answering: wait until the log
+    /// stops growing (at most 2 s).
+    fn settle_log(&self) {
+        let size = || fs::metadata(self.log_path()).map_or(0, |m| m.len());
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut last = size();
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+            let now = size();
+            if now == last {
+                return;
+            }
+            last = now;
+        }
     }
 
     /// TPM command codes received since `mark`, in order (only for
