@@ -10,6 +10,7 @@ mod seal;
 mod ses;
 mod status;
 mod systemd;
+mod tpm2;
 mod unseal;
 
 use std::fmt;
@@ -104,6 +105,8 @@ enum Command {
     /// PKCS#11 token tools (create a key to seal to).
     #[command(subcommand)]
     Pkcs11(pkcs11::Pkcs11Command),
+    /// TPM 2.0 administration: info, persist-srk.
+    Tpm2(tpm2::Tpm2Args),
 }
 
 /// Shared state for commands: the loaded config.
@@ -141,6 +144,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Exec(args) => exec::run(&ctx, args),
         Command::Systemd(args) => systemd::run(&ctx, args),
         Command::Pkcs11(cmd) => pkcs11::run(&ctx, cmd),
+        Command::Tpm2(args) => tpm2::run(&ctx, args),
     }
 }
 
