@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use clap::Args;
 use serde_json::{json, Value};
-use sesame::backend::KeyBackend;
+use sesame::backend::{tpm2, KeyBackend};
 use sesame::format::{self, Stanza};
 use sesame::fsio;
 use sesame::status::{
@@ -52,23 +52,37 @@ impl Entry {
     }
 }
 
-/// TPM PCR drift without unsealing needs a preflight from the TPM backend,
-/// which this build does not have yet: until it is wired in here, a TPM
-/// stanza bound to PCRs reports drift as unknown (its unseal probe still
-/// shows whether the policy is satisfied).
-struct Tpm2Preflight;
+/// PCR drift from the TPM backend's pre-flight: reads the current PCR values
+/// and compares them with the values the stanza was sealed against, without
+/// unsealing anything.
+struct Tpm2Preflight {
+    device: String,
+}
 
 impl PolicyPreflight for Tpm2Preflight {
     fn kind(&self) -> &'static str {
-        sesame::backend::tpm2::KIND
+        tpm2::KIND
     }
 
     fn drift(&mut self, stanza: &Stanza) -> Drift {
-        match stanza.field("pcrs") {
-            Some("none") => Drift::NotApplicable,
-            _ => Drift::Unknown(
-                "this build's TPM backend cannot compare PCRs without unsealing".into(),
-            ),
+        if stanza.field("pcrs") == Some("none") {
+            return Drift::NotApplicable;
+        }
+        match tpm2::preflight(stanza, &self.device) {
+            Err(e) => Drift::Unknown(e.to_string()),
+            Ok(report) if !report.same_tpm => {
+                Drift::Unknown(format!("{} is not the TPM this was sealed to", report.device))
+            }
+            Ok(report) => {
+                let changed = report.changed();
+                if changed.is_empty() {
+                    Drift::Unchanged
+                } else {
+                    let list: Vec<String> = changed.iter().map(u8::to_string).collect();
+                    let bank = report.bank.map(|b| b.to_string()).unwrap_or_default();
+                    Drift::Changed(format!("{bank} PCR {} changed since sealing", list.join(",")))
+                }
+            }
         }
     }
 }
@@ -100,7 +114,9 @@ pub fn run(ctx: &Context, args: StatusArgs) -> Result<(), CliError> {
     let mut backends =
         backends::for_unsealing(ctx, &args.backends).map_err(|e| unknown(e.to_string()))?;
     let mut refs: Vec<&mut dyn KeyBackend> = backends.iter_mut().map(|b| b.as_mut() as _).collect();
-    let mut tpm2 = Tpm2Preflight;
+    let mut tpm2 = Tpm2Preflight {
+        device: args.backends.tpm2_device.resolve(ctx),
+    };
     let mut preflights: Vec<&mut dyn PolicyPreflight> = vec![&mut tpm2];
 
     let mut entries = Vec::with_capacity(files.len());
