@@ -8,6 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use common::swtpm::Swtpm;
 use common::{expect_code, run, sesame, tmpfs_dir};
 
 const TEMPLATE_SOURCE: &str = concat!(
@@ -226,7 +227,6 @@ fn exec_usage_errors() {
 // End to end: swtpm + the unit's ExecStart + real Exim / PHPMailer + SES stand-in.
 // ---------------------------------------------------------------------------
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
@@ -237,100 +237,7 @@ const SES_USER: &str = "AKIASESAMETEST0001";
 const SES_PASSWORD: &str = "BOk9v+Wd/Q3x7yTz1uVs0pQ8rLmN2kJhGfEdCbA9=";
 /// The PCR the tests seal to and extend (16: the debug PCR, resettable,
 /// unused by firmware).
-const PCR: &str = "16";
-
-/// A private swtpm on a loopback port pair; killed and removed on drop.
-struct Swtpm {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Swtpm {
-    fn start() -> Self {
-        for _ in 0..10 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port_pair();
-            let status = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--server"])
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-                .args(["--flags", "not-need-init,startup-clear", "--tpmstate"])
-                .arg(format!("dir={}", dir.path().display()))
-                .arg("--pid")
-                .arg(format!("file={}", dir.path().join("pid").display()))
-                .arg("--daemon")
-                .stderr(Stdio::null())
-                .status()
-                .expect("swtpm is installed (package swtpm)");
-            if !status.success() {
-                continue; // port taken in the meantime: try another pair
-            }
-            let tpm = Self { dir, port };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                let ok = Command::new("swtpm_ioctl")
-                    .args(["--tcp", &format!("127.0.0.1:{}", port + 1), "-c"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
-                    return tpm;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("could not start swtpm");
-    }
-
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-
-    /// Extends `PCR` as a boot component would; the sealed policy no longer holds.
-    fn extend_pcr(&self) {
-        let out = Command::new("tpm2_pcrextend")
-            .arg(format!("{PCR}:sha256={}", "ab".repeat(32)))
-            .env("TPM2TOOLS_TCTI", self.tcti())
-            .env("TSS2_LOG", "all+NONE")
-            .output()
-            .expect("tpm2_pcrextend is installed (package tpm2-tools)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        if let Ok(pid) = fs::read_to_string(self.dir.path().join("pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                // Wait (briefly) so the state dir is not removed under it.
-                for _ in 0..100 {
-                    if nix::sys::signal::kill(pid, None).is_err() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    }
-}
-
-fn free_port_pair() -> u16 {
-    loop {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < 65535 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
+const PCR: u8 = 16;
 
 /// The SES stand-in (tests/fixtures/smtp_standin.py) with a throwaway CA.
 struct StandIn {
@@ -432,7 +339,7 @@ fn seal_credentials(tpm: &Swtpm, standin: &StandIn, dir: &Path) -> PathBuf {
                 "--tpm2-device",
                 &tpm.tcti(),
                 "--tpm2-pcrs",
-                PCR,
+                &PCR.to_string(),
             ])
             .arg("--out")
             .arg(&sealed),
@@ -743,7 +650,8 @@ fn after_a_pcr_extend_nothing_is_written_and_exim_fails_closed() {
         ],
     );
 
-    tpm.extend_pcr();
+    // As a boot component would: the sealed policy no longer holds.
+    tpm.extend_pcr(PCR);
     let run_dir = runtime_directory();
     let stderr = expect_code(&run_unit_step(&argv, run_dir.path()), 77);
     assert!(stderr.contains("PCR 16"), "{stderr}");
