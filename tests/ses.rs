@@ -641,7 +641,8 @@ fn audit_json_has_the_documented_fields() {
 
 // ---- With a real backend: PKCS#11 on a private SoftHSM token per test. ----
 
-use common::softhsm::{write_private, SoftHsm};
+use common::softhsm::SoftHsm;
+use common::write_private;
 
 /// A SoftHSM token with an AES key `kek`.
 fn token() -> SoftHsm {

@@ -6,6 +6,7 @@ pub mod softhsm;
 pub mod swtpm;
 
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -47,6 +48,12 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
     }
     child.wait_with_output().expect("wait for sesame")
+}
+
+/// Writes `contents` to a new file with mode 0600.
+pub fn write_private(path: &Path, contents: &str) {
+    std::fs::write(path, contents).expect("write file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
 /// Runs `cmd` with no standard input.
