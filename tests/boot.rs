@@ -8,6 +8,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use common::standin::StandIn;
 use common::swtpm::Swtpm;
 use common::{expect_code, run, sesame, tmpfs_dir};
 
@@ -229,8 +230,7 @@ fn exec_usage_errors() {
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
 
 const SES_USER: &str = "AKIASESAMETEST0001";
 // Shaped like an SES SMTP password (base64 alphabet with + / =).
@@ -239,89 +239,6 @@ const SES_PASSWORD: &str = "BOk9v+Wd/Q3x7yTz1uVs0pQ8rLmN2kJhGfEdCbA9=";
 /// unused by firmware).
 const PCR: u8 = 16;
 
-/// The SES stand-in (tests/fixtures/smtp_standin.py) with a throwaway CA.
-struct StandIn {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl StandIn {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // Exim reads the CA as Debian-exim: the directory must be traversable.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        let certs = dir.path().join("certs");
-        let status = Command::new("bash")
-            .arg(fixtures.join("make-cert.sh"))
-            .arg(&certs)
-            .status()
-            .expect("bash and openssl are installed");
-        assert!(status.success(), "make-cert.sh failed");
-        fs::set_permissions(&certs, fs::Permissions::from_mode(0o755)).unwrap();
-        let password_file = dir.path().join("password");
-        fs::write(&password_file, SES_PASSWORD).unwrap();
-        fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600)).unwrap();
-        let port_file = dir.path().join("port");
-        let child = Command::new("python3")
-            .arg(fixtures.join("smtp_standin.py"))
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--cert")
-            .arg(certs.join("server.pem"))
-            .arg("--key")
-            .arg(certs.join("server.key"))
-            .args(["--user", SES_USER, "--password-file"])
-            .arg(&password_file)
-            .arg("--record")
-            .arg(dir.path().join("record"))
-            .args(["--max-seconds", "300"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("python3 is installed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Ok(text) = fs::read_to_string(&port_file) {
-                break text.trim().parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "SES stand-in did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Self { child, dir, port }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("certs/ca.pem")
-    }
-
-    /// Recorded events of `kind` ("auth" or "message"), oldest first.
-    fn records(&self, kind: &str) -> Vec<serde_json::Value> {
-        let Ok(entries) = fs::read_dir(self.dir.path().join("record")) else {
-            return Vec::new();
-        };
-        let mut names: Vec<PathBuf> = entries
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                let name = p.file_name().unwrap().to_string_lossy();
-                name.starts_with(&format!("{kind}-")) && name.ends_with(".json")
-            })
-            .collect();
-        names.sort();
-        names
-            .iter()
-            .map(|p| serde_json::from_slice(&fs::read(p).unwrap()).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Seals the SES credentials (host and port pointing at the stand-in) to
 /// `tpm`, bound to `PCR`.
 fn seal_credentials(tpm: &Swtpm, standin: &StandIn, dir: &Path) -> PathBuf {
@@ -329,7 +246,7 @@ fn seal_credentials(tpm: &Swtpm, standin: &StandIn, dir: &Path) -> PathBuf {
     let secret = format!(
         "{{\"username\":\"{SES_USER}\",\"password\":\"{SES_PASSWORD}\",\
          \"host\":\"localhost\",\"port\":\"{}\",\"region\":\"us-east-1\"}}",
-        standin.port
+        standin.port()
     );
     let out = common::run_with_stdin(
         sesame()
@@ -440,7 +357,7 @@ impl Exim {
              ses_login:\n  driver = plaintext\n  public_name = LOGIN\n  \
                client_send = : ${{extract{{1}}{{::}}{{${{lookup{{$host}}nwildlsearch{{{pc}}}}}}}}} \\\n                \
                : ${{extract{{2}}{{::}}{{${{lookup{{$host}}nwildlsearch{{{pc}}}}}}}}}\n",
-            port = standin.port,
+            port = standin.port(),
             ca = standin.ca().display(),
         );
         fs::write(dir.path().join("exim.conf"), config).unwrap();
@@ -490,7 +407,7 @@ impl Exim {
 
 #[test]
 fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
-    let standin = StandIn::start();
+    let standin = StandIn::start(SES_USER, SES_PASSWORD);
     let tpm = Swtpm::start();
     let work = tempfile::tempdir().unwrap();
     let sealed = seal_credentials(&tpm, &standin, work.path());
@@ -553,7 +470,7 @@ fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
 
 #[test]
 fn phpmailer_under_sesame_exec_sends_with_credentials_from_its_environment() {
-    let standin = StandIn::start();
+    let standin = StandIn::start(SES_USER, SES_PASSWORD);
     let tpm = Swtpm::start();
     let work = tempfile::tempdir().unwrap();
     let sealed = seal_credentials(&tpm, &standin, work.path());
@@ -633,7 +550,7 @@ echo "sent\n";
 
 #[test]
 fn after_a_pcr_extend_nothing_is_written_and_exim_fails_closed() {
-    let standin = StandIn::start();
+    let standin = StandIn::start(SES_USER, SES_PASSWORD);
     let tpm = Swtpm::start();
     let work = tempfile::tempdir().unwrap();
     let sealed = seal_credentials(&tpm, &standin, work.path());

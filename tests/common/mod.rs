@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod softhsm;
+pub mod standin;
 pub mod swtpm;
 
 use std::io::Write as _;
