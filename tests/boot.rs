@@ -230,7 +230,6 @@ fn exec_usage_errors() {
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
-use std::process::Stdio;
 
 const SES_USER: &str = "AKIASESAMETEST0001";
 // Shaped like an SES SMTP password (base64 alphabet with + / =).
@@ -368,31 +367,21 @@ impl Exim {
     /// the Exim user (with `-C`, Exim keeps no privilege anyway).
     fn send(&self, subject: &str) {
         let account = exim_account();
-        let mut child = Command::new("setpriv")
-            .args(["--reuid", account, "--regid", account, "--clear-groups"])
-            .args(["exim4", "-C"])
-            .arg(self.dir.path().join("exim.conf"))
-            .args([
-                "-odf",
-                "-i",
-                "-f",
-                "app@sesame-test.example",
-                "someone@example.net",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("setpriv and exim4 are installed");
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        write!(
-            stdin,
-            "Subject: {subject}\n\nHello from the sesame boot test.\n"
-        )
-        .unwrap();
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
+        let message = format!("Subject: {subject}\n\nHello from the sesame boot test.\n");
+        let out = common::run_with_stdin(
+            Command::new("setpriv")
+                .args(["--reuid", account, "--regid", account, "--clear-groups"])
+                .args(["exim4", "-C"])
+                .arg(self.dir.path().join("exim.conf"))
+                .args([
+                    "-odf",
+                    "-i",
+                    "-f",
+                    "app@sesame-test.example",
+                    "someone@example.net",
+                ]),
+            message.as_bytes(),
+        );
         assert!(
             out.status.success(),
             "exim4 refused the message: {}",
