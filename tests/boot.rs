@@ -8,6 +8,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use common::standin::StandIn;
+use common::swtpm::Swtpm;
 use common::{expect_code, run, sesame, tmpfs_dir};
 
 const TEMPLATE_SOURCE: &str = concat!(
@@ -226,194 +228,15 @@ fn exec_usage_errors() {
 // End to end: swtpm + the unit's ExecStart + real Exim / PHPMailer + SES stand-in.
 // ---------------------------------------------------------------------------
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
 const SES_USER: &str = "AKIASESAMETEST0001";
 // Shaped like an SES SMTP password (base64 alphabet with + / =).
 const SES_PASSWORD: &str = "BOk9v+Wd/Q3x7yTz1uVs0pQ8rLmN2kJhGfEdCbA9=";
 /// The PCR the tests seal to and extend (16: the debug PCR, resettable,
 /// unused by firmware).
-const PCR: &str = "16";
-
-/// A private swtpm on a loopback port pair; killed and removed on drop.
-struct Swtpm {
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Swtpm {
-    fn start() -> Self {
-        for _ in 0..10 {
-            let dir = tempfile::tempdir().unwrap();
-            let port = free_port_pair();
-            let status = Command::new("swtpm")
-                .args(["socket", "--tpm2", "--server"])
-                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-                .arg("--ctrl")
-                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-                .args(["--flags", "not-need-init,startup-clear", "--tpmstate"])
-                .arg(format!("dir={}", dir.path().display()))
-                .arg("--pid")
-                .arg(format!("file={}", dir.path().join("pid").display()))
-                .arg("--daemon")
-                .stderr(Stdio::null())
-                .status()
-                .expect("swtpm is installed (package swtpm)");
-            if !status.success() {
-                continue; // port taken in the meantime: try another pair
-            }
-            let tpm = Self { dir, port };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                let ok = Command::new("swtpm_ioctl")
-                    .args(["--tcp", &format!("127.0.0.1:{}", port + 1), "-c"])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok {
-                    return tpm;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("could not start swtpm");
-    }
-
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-
-    /// Extends `PCR` as a boot component would; the sealed policy no longer holds.
-    fn extend_pcr(&self) {
-        let out = Command::new("tpm2_pcrextend")
-            .arg(format!("{PCR}:sha256={}", "ab".repeat(32)))
-            .env("TPM2TOOLS_TCTI", self.tcti())
-            .env("TSS2_LOG", "all+NONE")
-            .output()
-            .expect("tpm2_pcrextend is installed (package tpm2-tools)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        if let Ok(pid) = fs::read_to_string(self.dir.path().join("pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                let pid = nix::unistd::Pid::from_raw(pid);
-                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-                // Wait (briefly) so the state dir is not removed under it.
-                for _ in 0..100 {
-                    if nix::sys::signal::kill(pid, None).is_err() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-    }
-}
-
-fn free_port_pair() -> u16 {
-    loop {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = a.local_addr().unwrap().port();
-        if port < 65535 && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// The SES stand-in (tests/fixtures/smtp_standin.py) with a throwaway CA.
-struct StandIn {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl StandIn {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // Exim reads the CA as Debian-exim: the directory must be traversable.
-        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-        let certs = dir.path().join("certs");
-        let status = Command::new("bash")
-            .arg(fixtures.join("make-cert.sh"))
-            .arg(&certs)
-            .status()
-            .expect("bash and openssl are installed");
-        assert!(status.success(), "make-cert.sh failed");
-        fs::set_permissions(&certs, fs::Permissions::from_mode(0o755)).unwrap();
-        let password_file = dir.path().join("password");
-        fs::write(&password_file, SES_PASSWORD).unwrap();
-        fs::set_permissions(&password_file, fs::Permissions::from_mode(0o600)).unwrap();
-        let port_file = dir.path().join("port");
-        let child = Command::new("python3")
-            .arg(fixtures.join("smtp_standin.py"))
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--cert")
-            .arg(certs.join("server.pem"))
-            .arg("--key")
-            .arg(certs.join("server.key"))
-            .args(["--user", SES_USER, "--password-file"])
-            .arg(&password_file)
-            .arg("--record")
-            .arg(dir.path().join("record"))
-            .args(["--max-seconds", "300"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("python3 is installed");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Ok(text) = fs::read_to_string(&port_file) {
-                break text.trim().parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "SES stand-in did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Self { child, dir, port }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("certs/ca.pem")
-    }
-
-    /// Recorded events of `kind` ("auth" or "message"), oldest first.
-    fn records(&self, kind: &str) -> Vec<serde_json::Value> {
-        let Ok(entries) = fs::read_dir(self.dir.path().join("record")) else {
-            return Vec::new();
-        };
-        let mut names: Vec<PathBuf> = entries
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                let name = p.file_name().unwrap().to_string_lossy();
-                name.starts_with(&format!("{kind}-")) && name.ends_with(".json")
-            })
-            .collect();
-        names.sort();
-        names
-            .iter()
-            .map(|p| serde_json::from_slice(&fs::read(p).unwrap()).unwrap())
-            .collect()
-    }
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+const PCR: u8 = 16;
 
 /// Seals the SES credentials (host and port pointing at the stand-in) to
 /// `tpm`, bound to `PCR`.
@@ -422,7 +245,7 @@ fn seal_credentials(tpm: &Swtpm, standin: &StandIn, dir: &Path) -> PathBuf {
     let secret = format!(
         "{{\"username\":\"{SES_USER}\",\"password\":\"{SES_PASSWORD}\",\
          \"host\":\"localhost\",\"port\":\"{}\",\"region\":\"us-east-1\"}}",
-        standin.port
+        standin.port()
     );
     let out = common::run_with_stdin(
         sesame()
@@ -432,7 +255,7 @@ fn seal_credentials(tpm: &Swtpm, standin: &StandIn, dir: &Path) -> PathBuf {
                 "--tpm2-device",
                 &tpm.tcti(),
                 "--tpm2-pcrs",
-                PCR,
+                &PCR.to_string(),
             ])
             .arg("--out")
             .arg(&sealed),
@@ -533,7 +356,7 @@ impl Exim {
              ses_login:\n  driver = plaintext\n  public_name = LOGIN\n  \
                client_send = : ${{extract{{1}}{{::}}{{${{lookup{{$host}}nwildlsearch{{{pc}}}}}}}}} \\\n                \
                : ${{extract{{2}}{{::}}{{${{lookup{{$host}}nwildlsearch{{{pc}}}}}}}}}\n",
-            port = standin.port,
+            port = standin.port(),
             ca = standin.ca().display(),
         );
         fs::write(dir.path().join("exim.conf"), config).unwrap();
@@ -544,31 +367,21 @@ impl Exim {
     /// the Exim user (with `-C`, Exim keeps no privilege anyway).
     fn send(&self, subject: &str) {
         let account = exim_account();
-        let mut child = Command::new("setpriv")
-            .args(["--reuid", account, "--regid", account, "--clear-groups"])
-            .args(["exim4", "-C"])
-            .arg(self.dir.path().join("exim.conf"))
-            .args([
-                "-odf",
-                "-i",
-                "-f",
-                "app@sesame-test.example",
-                "someone@example.net",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("setpriv and exim4 are installed");
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        write!(
-            stdin,
-            "Subject: {subject}\n\nHello from the sesame boot test.\n"
-        )
-        .unwrap();
-        drop(stdin);
-        let out = child.wait_with_output().unwrap();
+        let message = format!("Subject: {subject}\n\nHello from the sesame boot test.\n");
+        let out = common::run_with_stdin(
+            Command::new("setpriv")
+                .args(["--reuid", account, "--regid", account, "--clear-groups"])
+                .args(["exim4", "-C"])
+                .arg(self.dir.path().join("exim.conf"))
+                .args([
+                    "-odf",
+                    "-i",
+                    "-f",
+                    "app@sesame-test.example",
+                    "someone@example.net",
+                ]),
+            message.as_bytes(),
+        );
         assert!(
             out.status.success(),
             "exim4 refused the message: {}",
@@ -583,7 +396,7 @@ impl Exim {
 
 #[test]
 fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
-    let standin = StandIn::start();
+    let standin = StandIn::start(SES_USER, SES_PASSWORD);
     let tpm = Swtpm::start();
     let work = tempfile::tempdir().unwrap();
     let sealed = seal_credentials(&tpm, &standin, work.path());
@@ -646,7 +459,7 @@ fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
 
 #[test]
 fn phpmailer_under_sesame_exec_sends_with_credentials_from_its_environment() {
-    let standin = StandIn::start();
+    let standin = StandIn::start(SES_USER, SES_PASSWORD);
     let tpm = Swtpm::start();
     let work = tempfile::tempdir().unwrap();
     let sealed = seal_credentials(&tpm, &standin, work.path());
@@ -726,7 +539,7 @@ echo "sent\n";
 
 #[test]
 fn after_a_pcr_extend_nothing_is_written_and_exim_fails_closed() {
-    let standin = StandIn::start();
+    let standin = StandIn::start(SES_USER, SES_PASSWORD);
     let tpm = Swtpm::start();
     let work = tempfile::tempdir().unwrap();
     let sealed = seal_credentials(&tpm, &standin, work.path());
@@ -743,7 +556,8 @@ fn after_a_pcr_extend_nothing_is_written_and_exim_fails_closed() {
         ],
     );
 
-    tpm.extend_pcr();
+    // As a boot component would: the sealed policy no longer holds.
+    tpm.extend_pcr(PCR);
     let run_dir = runtime_directory();
     let stderr = expect_code(&run_unit_step(&argv, run_dir.path()), 77);
     assert!(stderr.contains("PCR 16"), "{stderr}");

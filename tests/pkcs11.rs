@@ -6,7 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::softhsm::{write_private, SoftHsm};
+use common::softhsm::SoftHsm;
+use common::write_private;
 use common::{expect_code, run, run_with_stdin, tmpfs_dir};
 
 /// A known secret: tests check it never shows up where it must not.

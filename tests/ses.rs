@@ -6,123 +6,35 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Output};
 
+use common::standin::StandIn;
 use common::{expect_code, run, run_with_stdin, sesame};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
 const USER: &str = "AKIAIOSFODNN7EXAMPLE";
 
-/// A running SMTP stand-in, killed (by PID) and cleaned up on drop.
-struct StandIn {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl StandIn {
-    /// Starts a stand-in accepting `user` / `password`.
-    fn start(user: &str, password: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cert = dir.path().join("cert");
-        let status = Command::new("bash")
-            .arg(Path::new(FIXTURES).join("make-cert.sh"))
-            .arg(&cert)
-            .status()
-            .expect("run make-cert.sh");
-        assert!(status.success(), "make-cert.sh failed");
-        let password_file = dir.path().join("password");
-        std::fs::write(&password_file, password).expect("write password file");
-        let port_file = dir.path().join("port");
-        let child = Command::new("python3")
-            .arg(Path::new(FIXTURES).join("smtp_standin.py"))
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--cert")
-            .arg(cert.join("server.pem"))
-            .arg("--key")
-            .arg(cert.join("server.key"))
-            .args(["--user", user, "--password-file"])
-            .arg(&password_file)
-            .arg("--record")
-            .arg(dir.path().join("record"))
-            .args(["--max-seconds", "120"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start smtp_standin.py");
-        let mut standin = Self {
-            child,
-            dir,
-            port: 0,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(text) = std::fs::read_to_string(&port_file) {
-                standin.port = text.trim().parse().expect("port number");
-                return standin;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the SMTP stand-in did not start");
+/// `ses check --stdin` arguments pointing at `standin`, trusting its CA if
+/// `with_ca`.
+fn check_args(standin: &StandIn, with_ca: bool) -> Vec<String> {
+    let mut args = vec![
+        "ses".to_owned(),
+        "check".into(),
+        "--stdin".into(),
+        "--region".into(),
+        "eu-west-1".into(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        standin.port().to_string(),
+        "--timeout".into(),
+        "10".into(),
+    ];
+    if with_ca {
+        args.push("--ca-file".into());
+        args.push(standin.ca().display().to_string());
     }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("cert/ca.pem")
-    }
-
-    /// Recorded files of `kind` (`auth` or `message`), parsed.
-    fn records(&self, kind: &str) -> Vec<serde_json::Value> {
-        let Ok(entries) = std::fs::read_dir(self.dir.path().join("record")) else {
-            return Vec::new();
-        };
-        let mut names: Vec<PathBuf> = entries
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                let name = p.file_name().unwrap_or_default().to_string_lossy();
-                name.starts_with(kind) && name.ends_with(".json")
-            })
-            .collect();
-        names.sort();
-        names
-            .iter()
-            .map(|p| {
-                serde_json::from_slice(&std::fs::read(p).expect("read record"))
-                    .expect("JSON record")
-            })
-            .collect()
-    }
-
-    /// `ses check --stdin` arguments pointing at this stand-in.
-    fn check_args(&self, with_ca: bool) -> Vec<String> {
-        let mut args = vec![
-            "ses".to_owned(),
-            "check".into(),
-            "--stdin".into(),
-            "--region".into(),
-            "eu-west-1".into(),
-            "--host".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            self.port.to_string(),
-            "--timeout".into(),
-            "10".into(),
-        ];
-        if with_ca {
-            args.push("--ca-file".into());
-            args.push(self.ca().display().to_string());
-        }
-        args
-    }
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    args
 }
 
 /// AWS's algorithm written again, independently, in Python's hmac; the secret
@@ -269,7 +181,7 @@ fn derive_password_needs_a_secret_on_stdin() {
 fn check_authenticates_without_sending() {
     let standin = StandIn::start(USER, "smtp-password-1");
     let out = run_with_stdin(
-        sesame().args(standin.check_args(true)),
+        sesame().args(check_args(&standin, true)),
         format!("username={USER}\npassword=smtp-password-1\n").as_bytes(),
     );
     expect_code(&out, 0);
@@ -293,7 +205,7 @@ fn check_derives_the_password_from_an_access_key() {
     let secret = random_secret();
     let standin = StandIn::start(USER, &python_derive(&secret, "eu-west-1"));
     let input = format!(r#"{{"access_key_id":"{USER}","secret_access_key":"{secret}"}}"#);
-    let out = run_with_stdin(sesame().args(standin.check_args(true)), input.as_bytes());
+    let out = run_with_stdin(sesame().args(check_args(&standin, true)), input.as_bytes());
     expect_code(&out, 0);
     assert_eq!(standin.records("auth")[0]["ok"], true);
 }
@@ -303,7 +215,7 @@ fn check_wrong_password_is_77_and_audited_once_in_json() {
     let standin = StandIn::start(USER, "right");
     let out = run_with_stdin(
         sesame()
-            .args(standin.check_args(true))
+            .args(check_args(&standin, true))
             .args(["--log-format", "json"]),
         format!("username={USER}\npassword=wrong-secret\n").as_bytes(),
     );
@@ -335,7 +247,7 @@ fn check_wrong_password_is_77_and_audited_once_in_json() {
 fn check_in_text_mode_reports_a_failure_once() {
     let standin = StandIn::start(USER, "right");
     let out = run_with_stdin(
-        sesame().args(standin.check_args(true)),
+        sesame().args(check_args(&standin, true)),
         format!("username={USER}\npassword=wrong\n").as_bytes(),
     );
     let stderr = expect_code(&out, 77);
@@ -346,7 +258,7 @@ fn check_in_text_mode_reports_a_failure_once() {
 fn check_untrusted_certificate_is_a_tls_failure() {
     let standin = StandIn::start(USER, "pw");
     let out = run_with_stdin(
-        sesame().args(standin.check_args(false)),
+        sesame().args(check_args(&standin, false)),
         format!("username={USER}\npassword=pw\n").as_bytes(),
     );
     let stderr = expect_code(&out, 76);
@@ -641,7 +553,8 @@ fn audit_json_has_the_documented_fields() {
 
 // ---- With a real backend: PKCS#11 on a private SoftHSM token per test. ----
 
-use common::softhsm::{write_private, SoftHsm};
+use common::softhsm::SoftHsm;
+use common::write_private;
 
 /// A SoftHSM token with an AES key `kek`.
 fn token() -> SoftHsm {
@@ -703,7 +616,7 @@ fn seal_ses_then_unseal_and_check_live() {
             "127.0.0.1",
             "--port",
         ])
-        .arg(standin.port.to_string())
+        .arg(standin.port().to_string())
         .arg("--ca-file")
         .arg(standin.ca())
         .arg(&sealed));
@@ -741,7 +654,7 @@ fn seal_ses_then_unseal_and_check_live() {
     let out = run(hsm
         .command()
         .args(["ses", "check", "--host", "127.0.0.1", "--port"])
-        .arg(other.port.to_string())
+        .arg(other.port().to_string())
         .arg("--ca-file")
         .arg(other.ca())
         .arg(&sealed));

@@ -3,9 +3,11 @@
 #![allow(dead_code)]
 
 pub mod softhsm;
+pub mod standin;
 pub mod swtpm;
 
 use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -33,20 +35,30 @@ pub fn empty_config() -> &'static Path {
     })
 }
 
-/// Runs `cmd` with `stdin` as standard input; returns its output.
+/// Runs `cmd` (sesame or any other program) with `stdin` as standard input;
+/// returns its output.
 pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let program = cmd.get_program().to_string_lossy().into_owned();
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn sesame");
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
     // The command may exit before reading its input (a usage error): a broken
     // pipe here is part of the behaviour under test, not a harness failure.
     if let Err(e) = child.stdin.take().expect("stdin piped").write_all(stdin) {
         assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
     }
-    child.wait_with_output().expect("wait for sesame")
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("wait for {program}: {e}"))
+}
+
+/// Writes `contents` to a new file with mode 0600.
+pub fn write_private(path: &Path, contents: &str) {
+    std::fs::write(path, contents).expect("write file");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
 /// Runs `cmd` with no standard input.

@@ -11,7 +11,6 @@
 //! Everything lives in a temporary directory removed on drop. The token's
 //! files belong to the user running the tests.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -59,7 +58,7 @@ impl SoftHsm {
             String::from_utf8_lossy(&out.stderr)
         );
         let pin_file = dir.path().join("user.pin");
-        write_private(&pin_file, &format!("{pin}\n"));
+        super::write_private(&pin_file, &format!("{pin}\n"));
         Self {
             dir,
             conf,
@@ -148,12 +147,6 @@ impl SoftHsm {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
-}
-
-/// Writes `contents` to a new file with mode 0600.
-pub fn write_private(path: &Path, contents: &str) {
-    std::fs::write(path, contents).expect("write file");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
 }
 
 fn random_hex(bytes: usize) -> String {
