@@ -95,7 +95,7 @@ fn losing_one_backend_leaves_the_other() {
     // Token unreachable (wrong PIN source) but the TPM back: the TPM unseals.
     both.tpm.restart();
     let wrong = both.hsm.dir().join("wrong.pin");
-    common::softhsm::write_private(&wrong, "000000");
+    common::write_private(&wrong, "000000");
     let source = format!("file:{}", wrong.display());
     let out = both.password(&["--pkcs11-pin-source", &source]);
     expect_code(&out, 0);
