@@ -263,15 +263,7 @@ pub enum FormatError {
 /// # Errors
 /// A [`FormatError`] describing the first problem found.
 pub fn parse(bytes: &[u8]) -> Result<SealedFile, FormatError> {
-    if bytes.is_empty() {
-        return Err(FormatError::Empty);
-    }
-    if bytes.len() > MAX_FILE_LEN {
-        return Err(FormatError::TooLarge { len: bytes.len() });
-    }
-    check_magic(bytes)?;
-    let header_len = find_header_end(bytes)?;
-    let (header_bytes, body) = bytes.split_at(header_len);
+    let (header_bytes, body) = split_header(bytes)?;
     let header = parse_header(header_bytes)?;
     if body.len() < NONCE_LEN + TAG_LEN {
         return Err(FormatError::Truncated);
@@ -291,6 +283,11 @@ pub fn parse(bytes: &[u8]) -> Result<SealedFile, FormatError> {
 /// # Errors
 /// As [`parse`], minus body checks.
 pub fn parse_header_only(bytes: &[u8]) -> Result<Header, FormatError> {
+    parse_header(split_header(bytes)?.0)
+}
+
+/// Checks size and magic, and splits the file after its `---` line.
+fn split_header(bytes: &[u8]) -> Result<(&[u8], &[u8]), FormatError> {
     if bytes.is_empty() {
         return Err(FormatError::Empty);
     }
@@ -298,8 +295,7 @@ pub fn parse_header_only(bytes: &[u8]) -> Result<Header, FormatError> {
         return Err(FormatError::TooLarge { len: bytes.len() });
     }
     check_magic(bytes)?;
-    let header_len = find_header_end(bytes)?;
-    parse_header(&bytes[..header_len])
+    Ok(bytes.split_at(find_header_end(bytes)?))
 }
 
 /// Serialises a header. The result is what [`parse`] reads back byte for byte.

@@ -80,6 +80,17 @@ impl<'a> Audit<'a> {
         }
     }
 
+    /// Emits this record as failed because of `error`.
+    pub fn emit_failure(self, error: &dyn std::fmt::Display) {
+        let reason = error.to_string();
+        Audit {
+            outcome: Outcome::Failed,
+            reason: Some(&reason),
+            ..self
+        }
+        .emit();
+    }
+
     /// Emits the event.
     pub fn emit(&self) {
         let file = self

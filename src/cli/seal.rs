@@ -35,13 +35,11 @@ pub fn run(ctx: &Context, args: SealArgs) -> Result<(), CliError> {
     let result = seal(ctx, &args);
     // Success is audited inside, with the backends used; a failure here.
     if let Err(e) = &result {
-        let reason = e.to_string();
         super::audit::Audit {
             file: Some(&args.out),
-            reason: Some(&reason),
             ..super::audit::Audit::new("seal", "seal")
         }
-        .emit();
+        .emit_failure(e);
     }
     result
 }

@@ -187,24 +187,14 @@ pub fn unseal_file_for(
         Ok(b) => b,
         Err(e) => {
             let e = CliError::io(&what, e);
-            let reason = e.to_string();
-            Audit {
-                reason: Some(&reason),
-                ..record
-            }
-            .emit();
+            record.emit_failure(&e);
             return Err(e);
         }
     };
     let mut backends = match backends::for_unsealing(ctx, args) {
         Ok(b) => b,
         Err(e) => {
-            let reason = e.to_string();
-            Audit {
-                reason: Some(&reason),
-                ..record
-            }
-            .emit();
+            record.emit_failure(&e);
             return Err(e);
         }
     };
