@@ -457,3 +457,18 @@ fn secret_and_pin_never_appear_in_verbose_output() {
         checks(&out, false);
     }
 }
+
+#[test]
+fn core_dumps_are_disabled_before_secrets_are_read() {
+    // `exec` replaces sesame with the command, which inherits sesame's
+    // resource limits: the soft and hard core-file limits must both be 0.
+    let f = Fixture::new();
+    let out = run(f.hsm.command().arg("exec").arg(&f.sealed).args([
+        "--",
+        "sh",
+        "-c",
+        "ulimit -S -c; ulimit -H -c",
+    ]));
+    expect_code(&out, 0);
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "0\n0\n");
+}
