@@ -70,9 +70,10 @@ impl PolicyPreflight for Tpm2Preflight {
         }
         match tpm2::preflight(stanza, &self.device) {
             Err(e) => Drift::Unknown(e.to_string()),
-            Ok(report) if !report.same_tpm => {
-                Drift::Unknown(format!("{} is not the TPM this was sealed to", report.device))
-            }
+            Ok(report) if !report.same_tpm => Drift::Unknown(format!(
+                "{} is not the TPM this was sealed to",
+                report.device
+            )),
             Ok(report) => {
                 let changed = report.changed();
                 if changed.is_empty() {
@@ -80,7 +81,10 @@ impl PolicyPreflight for Tpm2Preflight {
                 } else {
                     let list: Vec<String> = changed.iter().map(u8::to_string).collect();
                     let bank = report.bank.map(|b| b.to_string()).unwrap_or_default();
-                    Drift::Changed(format!("{bank} PCR {} changed since sealing", list.join(",")))
+                    Drift::Changed(format!(
+                        "{bank} PCR {} changed since sealing",
+                        list.join(",")
+                    ))
                 }
             }
         }
