@@ -657,3 +657,33 @@ fn rotate_ses_credentials_from_an_iam_key() {
     assert_eq!(new["created"].as_str().unwrap(), header(&file).created);
     assert_eq!(header(&file).generation, 3);
 }
+
+#[test]
+fn rewrap_keep_after_a_pcr_change_reseals_the_tpm_via_the_hsm() {
+    let hsm = SoftHsm::new("sesame");
+    hsm.create_key("kek", "aes");
+    let tpm = Swtpm::start();
+    let file = hsm.dir().join("ses.sealed");
+    seal(
+        &mut sesame(&hsm, Some(&tpm)),
+        &file,
+        &["--tpm2", "--tpm2-pcrs", "7", "--pkcs11", &hsm.uri("kek")],
+    );
+    tpm.extend_pcr(7); // the update, and the reboot into the new state
+    let out = run(tpm
+        .sesame()
+        .args(["unseal", "--backend", "tpm2"])
+        .arg(&file));
+    expect_code(&out, 77);
+
+    // The TPM stanza fails, the HSM one unseals; both are sealed again.
+    let out = rewrap(&mut sesame(&hsm, Some(&tpm)), &file, &["--keep"]);
+    expect_code(&out, 0);
+    assert_eq!(kinds(&file), ["tpm2", "pkcs11"]);
+    assert_eq!(header(&file).stanzas[0].field("pcrs"), Some("7"));
+    assert_eq!(
+        password(&mut tpm.sesame(), &file, &["--backend", "tpm2"]),
+        SECRET
+    );
+    tpm.assert_clean("rewrap after a PCR change");
+}

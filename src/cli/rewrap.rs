@@ -203,7 +203,8 @@ fn rewrap(ctx: &Context, args: &RewrapArgs, done: &mut Done) -> Result<(), CliEr
             .join(","),
     );
 
-    let unsealed = super::unseal::unseal_bytes_for(ctx, &path, &bytes, &args.unseal, "rewrap")?;
+    let unsealed =
+        super::unseal::unseal_bytes_for(ctx, &args.file, &bytes, &args.unseal, "rewrap")?;
     let mut options =
         SealOptions::rewrap_of(&unsealed.header).map_err(|e| CliError::seal(&what, e))?;
     if args.name.is_some() {
@@ -248,7 +249,7 @@ fn rotate(ctx: &Context, args: &RotateArgs, done: &mut Done) -> Result<(), CliEr
         // document is dropped (and zeroized) at once.
         drop(super::unseal::unseal_bytes_for(
             ctx,
-            &path,
+            &args.file,
             &bytes,
             &args.unseal,
             "rotate",
