@@ -25,6 +25,9 @@ pub enum SealError {
     /// The header could not be written (e.g. a name with control characters).
     #[error("cannot write header: {0}")]
     Format(#[from] FormatError),
+    /// The existing file's generation is already the largest possible.
+    #[error("the generation counter {0} cannot be incremented")]
+    Generation(u64),
 }
 
 /// Errors while unsealing.
@@ -87,6 +90,40 @@ impl SealOptions {
             created: now_rfc3339(),
         }
     }
+
+    /// Options for sealing the same secret again (`rewrap`): generation + 1,
+    /// `name` and `created` kept. `created` is when the secret was sealed,
+    /// not when this file was written: re-wrapping must not make an old
+    /// credential look new to `status` (the generation counts re-seals).
+    ///
+    /// # Errors
+    /// [`SealError::Generation`] if the generation cannot grow.
+    pub fn rewrap_of(header: &Header) -> Result<Self, SealError> {
+        Ok(Self {
+            name: header.name.clone(),
+            generation: next_generation(header.generation)?,
+            created: header.created.clone(),
+        })
+    }
+
+    /// Options for sealing a new secret in place of an existing file's
+    /// (`rotate`): generation + 1, `name` kept, `created` now.
+    ///
+    /// # Errors
+    /// [`SealError::Generation`] if the generation cannot grow.
+    pub fn rotation_of(header: &Header) -> Result<Self, SealError> {
+        Ok(Self {
+            name: header.name.clone(),
+            generation: next_generation(header.generation)?,
+            created: now_rfc3339(),
+        })
+    }
+}
+
+fn next_generation(generation: u64) -> Result<u64, SealError> {
+    generation
+        .checked_add(1)
+        .ok_or(SealError::Generation(generation))
 }
 
 /// The current time as `YYYY-MM-DDTHH:MM:SSZ`.
@@ -347,6 +384,49 @@ mod tests {
         let sealed = seal(&doc(), &SealOptions::new(None), &mut [&mut b]).unwrap();
         let err = unseal(&sealed, &mut []).err().unwrap();
         assert!(matches!(err, UnsealError::NoUsableStanza { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn rewrap_and_rotation_options() {
+        let mut b = XorBackend([5; 32]);
+        let mut options = SealOptions::new(Some("prod".into()));
+        options.created = "2020-01-02T03:04:05Z".into();
+        options.generation = 7;
+        let sealed = seal(&doc(), &options, &mut [&mut b]).unwrap();
+        let header = format::parse(&sealed).unwrap().header;
+        let rewrap = SealOptions::rewrap_of(&header).unwrap();
+        assert_eq!(rewrap.generation, 8);
+        assert_eq!(rewrap.created, "2020-01-02T03:04:05Z");
+        assert_eq!(rewrap.name.as_deref(), Some("prod"));
+        let rotation = SealOptions::rotation_of(&header).unwrap();
+        assert_eq!(rotation.generation, 8);
+        assert_ne!(rotation.created, "2020-01-02T03:04:05Z");
+        assert_eq!(rotation.name.as_deref(), Some("prod"));
+        let last = Header {
+            generation: u64::MAX,
+            ..header
+        };
+        assert!(matches!(
+            SealOptions::rewrap_of(&last),
+            Err(SealError::Generation(u64::MAX))
+        ));
+    }
+
+    #[test]
+    fn a_new_seal_of_the_same_document_uses_a_new_key() {
+        let mut b = XorBackend([5; 32]);
+        let first = seal(&doc(), &SealOptions::new(None), &mut [&mut b]).unwrap();
+        let old = format::parse(&first).unwrap();
+        let old_key = b.unwrap(&old.header.stanzas[0]).unwrap();
+        let options = SealOptions::rewrap_of(&old.header).unwrap();
+        let second = seal(&doc(), &options, &mut [&mut b]).unwrap();
+        let new = format::parse(&second).unwrap();
+        assert_ne!(old.nonce, new.nonce);
+        assert!(decrypt(&old_key, &old).is_ok());
+        assert!(matches!(
+            decrypt(&old_key, &new),
+            Err(UnsealError::Tampered)
+        ));
     }
 
     #[test]

@@ -7,7 +7,52 @@ pub mod pkcs11;
 pub mod tpm2;
 
 use crate::format::{FormatError, Stanza};
+use crate::pin::PinSource;
 use crate::secret::DataKey;
+
+/// Where backends re-created from an existing file's stanzas find this
+/// machine's hardware (see [`sealer_for`]).
+pub struct Local<'a> {
+    /// The TPM TCTI, e.g. `device:/dev/tpmrm0`.
+    pub tpm2_device: &'a str,
+    /// Replaces the `pin-source` recorded in PKCS#11 URIs.
+    pub pkcs11_pin: Option<&'a PinSource>,
+    /// Makes a PIN prompt for each PKCS#11 backend (on a terminal), or none.
+    pub pin_prompt: &'a dyn Fn() -> Option<pkcs11::PinPrompt>,
+}
+
+/// A backend that seals a *new* data key the way `stanza` was sealed: same
+/// PKCS#11 key (its recorded URI and mechanism), or same TPM and PCR
+/// selection (sealed against the PCR values now). Used by `rewrap --keep` and
+/// `rotate`. Each backend's own constructor parses its stanza; `wrap` refuses
+/// if the hardware found is not the one the stanza records (another TPM,
+/// another key behind the URI).
+///
+/// # Errors
+/// [`BackendError::Stanza`] for a malformed stanza;
+/// [`BackendError::Unavailable`] for a stanza type this build cannot seal to.
+pub fn sealer_for(stanza: &Stanza, local: &Local<'_>) -> Result<Box<dyn KeyBackend>, BackendError> {
+    match stanza.kind.as_str() {
+        tpm2::KIND => Ok(Box::new(tpm2::Tpm2Backend::for_resealing(
+            local.tpm2_device,
+            stanza,
+        )?)),
+        pkcs11::KIND => Ok(Box::new(pkcs11::Pkcs11Backend::for_resealing(
+            stanza,
+            local.pkcs11_pin.cloned(),
+            (local.pin_prompt)(),
+        )?)),
+        other => Err(BackendError::Unavailable {
+            backend: "sesame",
+            reason: format!(
+                "cannot seal to a {other:?} stanza (this sesame seals to {}, {})",
+                tpm2::KIND,
+                pkcs11::KIND
+            ),
+            hint: "upgrade sesame, or rewrap without keeping that stanza".into(),
+        }),
+    }
+}
 
 /// A backend that can wrap the data key into a stanza and unwrap it again.
 ///

@@ -6,6 +6,7 @@ mod backends;
 mod exec;
 mod inspect;
 mod pkcs11;
+mod rewrap;
 mod seal;
 mod ses;
 mod status;
@@ -86,6 +87,36 @@ enum Command {
     Unseal(unseal::UnsealArgs),
     /// Show a sealed file's header (backends, PCRs, dates) without hardware.
     Inspect(inspect::InspectArgs),
+    /// Re-seal a file's secret, unchanged, to a new set of backends.
+    ///
+    /// Unseals FILE with any stanza that works here (the unseal options), then
+    /// replaces it atomically with the same secret under a fresh data key,
+    /// wrapped by the backends given (--tpm2, --pkcs11 URI) plus, with --keep,
+    /// the existing stanzas' backends re-sealed. Old stanzas cannot open the
+    /// new file, so dropping a backend really removes it. Uses: enrol a new
+    /// machine's TPM with the HSM stanza (`rewrap FILE --keep=pkcs11 --tpm2`),
+    /// re-seal after a PCR change, add or remove an HSM key.
+    ///
+    /// The header's generation is incremented; `created` and `name` are kept
+    /// (`created` is when the secret was sealed, so `status` does not see a
+    /// re-wrapped credential as new). Exit codes as for seal and unseal; 75 if
+    /// FILE changed while being re-sealed. The old file is untouched on any
+    /// failure.
+    Rewrap(rewrap::RewrapArgs),
+    /// Replace a file's secret with a new one read from standard input,
+    /// sealed to the same backends.
+    ///
+    /// Reads the new secret as `seal` does (JSON, KEY=VALUE lines, a terminal
+    /// prompt, or --ses input), and replaces FILE atomically with a fresh data
+    /// key wrapped by the backends of the existing stanzas: PKCS#11 keys at
+    /// their recorded URIs, this TPM (--tpm2-device) with the recorded PCR
+    /// selection, against the PCR values now. By default FILE is unsealed
+    /// first, to prove this is the right machine; --no-verify skips that
+    /// (after a planned PCR change). Generation + 1, `created` now, `name`
+    /// kept. Check new SES credentials first with `sesame ses check --stdin`.
+    /// Exit codes as for seal and unseal; 75 if FILE changed meanwhile. The
+    /// old file is untouched on any failure.
+    Rotate(rewrap::RotateArgs),
     /// AWS SES tools: derive the SMTP password, check sealed credentials live.
     Ses(ses::SesArgs),
     /// Health of sealed files for monitoring: can each backend unseal now,
@@ -139,6 +170,8 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Seal(args) => seal::run(&ctx, args),
         Command::Unseal(args) => unseal::run(&ctx, args),
         Command::Inspect(args) => inspect::run(&ctx, args),
+        Command::Rewrap(args) => rewrap::run_rewrap(&ctx, args),
+        Command::Rotate(args) => rewrap::run_rotate(&ctx, args),
         Command::Ses(args) => ses::run(&ctx, args),
         Command::Status(args) => status::run(&ctx, args),
         Command::Exec(args) => exec::run(&ctx, args),
@@ -311,6 +344,12 @@ impl CliError {
                 what,
                 e.to_string(),
                 Some("use printable ASCII for --name"),
+            ),
+            SealError::Generation(_) => Self::new(
+                exit::DATAERR,
+                what,
+                e.to_string(),
+                Some("seal a new file instead"),
             ),
             _ => Self::new(exit::SOFTWARE, what, e.to_string(), None),
         }

@@ -179,7 +179,7 @@ pub fn unseal_file_for(
     purpose: &'static str,
 ) -> Result<Unsealed, CliError> {
     let what = format!("unseal {}", file.display());
-    let mut record = Audit {
+    let record = Audit {
         file: Some(file),
         ..Audit::new("unseal", purpose)
     };
@@ -191,6 +191,23 @@ pub fn unseal_file_for(
             return Err(e);
         }
     };
+    unseal_bytes_for(ctx, file, &bytes, args, purpose)
+}
+
+/// [`unseal_file_for`] of a file already read into `bytes` (by a command that
+/// needs the exact bytes it unsealed, e.g. `rewrap`). Exactly one audit event.
+pub fn unseal_bytes_for(
+    ctx: &Context,
+    file: &Path,
+    bytes: &[u8],
+    args: &UnsealBackendArgs,
+    purpose: &'static str,
+) -> Result<Unsealed, CliError> {
+    let what = format!("unseal {}", file.display());
+    let mut record = Audit {
+        file: Some(file),
+        ..Audit::new("unseal", purpose)
+    };
     let mut backends = match backends::for_unsealing(ctx, args) {
         Ok(b) => b,
         Err(e) => {
@@ -199,7 +216,7 @@ pub fn unseal_file_for(
         }
     };
     let mut refs: Vec<&mut dyn KeyBackend> = backends.iter_mut().map(|b| b.as_mut() as _).collect();
-    let result = envelope::unseal(&bytes, &mut refs);
+    let result = envelope::unseal(bytes, &mut refs);
     match &result {
         Ok(u) => {
             for (index, kind, reason) in &u.notes {
@@ -218,7 +235,7 @@ pub fn unseal_file_for(
         Err(e) => {
             // The header may still parse when the unseal failed: name the
             // backend that failed and the PCRs its stanza is bound to.
-            let header = format::parse_header_only(&bytes).ok();
+            let header = format::parse_header_only(bytes).ok();
             let failed_kind = match e {
                 UnsealError::Backend(b) => Some(b.backend()),
                 _ => None,

@@ -218,6 +218,9 @@ impl Pkcs11Stanza {
 pub struct Pkcs11Backend {
     seal_uri: Option<Pkcs11Uri>,
     oaep_hash: OaepHash,
+    /// When re-creating a stanza: the mechanism and `CKA_ID` of the key it
+    /// was made with, which the URI must still name.
+    reseal_of: Option<(&'static str, Vec<u8>)>,
     pin_override: Option<PinSource>,
     pin_prompt: Option<PinPrompt>,
 }
@@ -235,7 +238,39 @@ impl Pkcs11Backend {
         Ok(Self {
             seal_uri: Some(uri),
             oaep_hash: OaepHash::DEFAULT,
+            reseal_of: None,
             pin_override: None,
+            pin_prompt,
+        })
+    }
+
+    /// For sealing a new data key to the same key as an existing `stanza`
+    /// (`rewrap --keep`, `rotate`): its recorded URI, and for RSA its OAEP
+    /// hash. [`KeyBackend::wrap`] refuses if the URI now names a key of
+    /// another mechanism or `CKA_ID` than the one recorded, so a replaced key
+    /// is noticed instead of silently sealed to. `pin_override` replaces the
+    /// URI's `pin-source`, as when unsealing.
+    ///
+    /// # Errors
+    /// [`BackendError::Stanza`] if the stanza is malformed.
+    pub fn for_resealing(
+        stanza: &Stanza,
+        pin_override: Option<PinSource>,
+        pin_prompt: Option<PinPrompt>,
+    ) -> Result<Self, BackendError> {
+        let st = Pkcs11Stanza::decode(stanza).map_err(|source| BackendError::Stanza {
+            backend: KIND,
+            source,
+        })?;
+        let oaep_hash = match st.wrapping {
+            Wrapping::RsaOaep { hash } => hash,
+            Wrapping::AesGcm { .. } => OaepHash::DEFAULT,
+        };
+        Ok(Self {
+            seal_uri: Some(st.uri),
+            oaep_hash,
+            reseal_of: Some((st.wrapping.id(), st.key_id)),
+            pin_override,
             pin_prompt,
         })
     }
@@ -253,6 +288,7 @@ impl Pkcs11Backend {
         Self {
             seal_uri: None,
             oaep_hash: OaepHash::DEFAULT,
+            reseal_of: None,
             pin_override,
             pin_prompt,
         }
@@ -274,7 +310,27 @@ impl KeyBackend for Pkcs11Backend {
         };
         let pin = pin_supply(self.pin_override.as_ref(), &mut self.pin_prompt, &uri)?;
         let token = Token::open(&uri, Access::ReadOnly, pin)?;
-        let stanza = match select_seal_key(&token, &uri)? {
+        let seal_key = select_seal_key(&token, &uri)?;
+        if let Some((mechanism, key_id)) = &self.reseal_of {
+            let (found, handle) = match &seal_key {
+                SealKey::Aes(h) => ("aes-gcm", *h),
+                SealKey::Rsa(h) => ("rsa-oaep", *h),
+            };
+            if found != *mechanism || token.id_of(handle)? != *key_id {
+                return Err(BackendError::Refused {
+                    backend: KIND,
+                    reason: format!(
+                        "{} (token {:?}) is no longer the key the existing stanza was sealed with ({} key, id {})",
+                        uri.describe(),
+                        token.label,
+                        mechanism,
+                        show_id(key_id),
+                    ),
+                    hint: "name the new key with --pkcs11 URI instead of keeping the old stanza".into(),
+                });
+            }
+        }
+        let stanza = match seal_key {
             SealKey::Aes(handle) => {
                 token.require_mechanism(MechanismType::AES_GCM, "AES-GCM", Usage::Encrypt)?;
                 let mut iv = [0u8; IV_LEN];
@@ -372,6 +428,28 @@ impl KeyBackend for Pkcs11Backend {
         tracing::info!(token = %token.label, mechanism = st.wrapping.id(), "data key unwrapped");
         Ok(key)
     }
+}
+
+/// Whether the PKCS#11 `stanza` was sealed to the key that `uri` names (same
+/// module, token and key attributes; the PIN source does not matter). False
+/// when either does not parse.
+pub fn names_same_key(stanza: &Stanza, uri: &str) -> bool {
+    let (Ok(st), Ok(uri)) = (Pkcs11Stanza::decode(stanza), Pkcs11Uri::parse(uri)) else {
+        return false;
+    };
+    let key = |u: &Pkcs11Uri| {
+        (
+            u.module_path.clone(),
+            u.token.clone(),
+            u.manufacturer.clone(),
+            u.model.clone(),
+            u.serial.clone(),
+            u.object.clone(),
+            u.id.clone(),
+            u.object_type,
+        )
+    };
+    key(&st.uri) == key(&uri)
 }
 
 /// The kind of key `create-key` makes.

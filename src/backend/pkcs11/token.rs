@@ -469,11 +469,22 @@ fn classify(e: &CkError, module: &Path, uri: &Pkcs11Uri, doing: &str) -> Failure
             reason: format!("the user PIN of {token} is locked or expired"),
             hint: "unlock or reset the PIN with the token's SO tools".into(),
         }),
-        RvError::UserPinNotInitialized => Failure::Final(BackendError::Config {
-            backend: KIND,
-            reason: format!("{token} has no user PIN set"),
-            hint: "initialize the user PIN (e.g. softhsm2-util --init-token or pkcs11-tool --init-pin)".into(),
-        }),
+        RvError::UserPinNotInitialized => {
+            let error = BackendError::Config {
+                backend: KIND,
+                reason: format!("{token} has no user PIN set"),
+                hint: "initialize the user PIN (e.g. softhsm2-util --init-token or pkcs11-tool --init-pin)".into(),
+            };
+            // SoftHSM 2.6 also answers this from C_Login when it reads token
+            // flags that a concurrent login is rewriting (seen about once in
+            // 100 runs of 8 parallel unseals): retried like the other
+            // start-up races, and reported as it is if it persists.
+            if matches!(function, Function::Login) {
+                Failure::Transient(error)
+            } else {
+                Failure::Final(error)
+            }
+        }
         RvError::SessionCount
         | RvError::DeviceMemory
         | RvError::HostMemory

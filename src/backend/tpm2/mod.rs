@@ -61,6 +61,9 @@ pub struct Tpm2Backend {
     device: String,
     /// For sealing: the PCRs to bind to, `None` for the TPM alone.
     selection: Option<PcrSelection>,
+    /// When re-creating a stanza: the SRK name it was sealed under, which
+    /// the TPM at `device` must have.
+    expect_srk: Option<Vec<u8>>,
 }
 
 impl Tpm2Backend {
@@ -87,6 +90,28 @@ impl Tpm2Backend {
         Ok(Self {
             device: device.to_owned(),
             selection,
+            expect_srk: None,
+        })
+    }
+
+    /// For sealing a new data key with the same binding as an existing
+    /// `stanza` (`rewrap --keep`, `rotate`): the recorded PCR selection and
+    /// bank, sealed against the PCR values the TPM at `device` has *now*.
+    /// [`KeyBackend::wrap`] refuses if that TPM is not the one the stanza was
+    /// sealed to (another storage root key), so a stanza of another machine
+    /// is never silently moved to this one.
+    ///
+    /// # Errors
+    /// [`BackendError::Stanza`] if the stanza is malformed.
+    pub fn for_resealing(device: &str, stanza: &Stanza) -> Result<Self, BackendError> {
+        let sealed = SealedObject::from_stanza(stanza)?;
+        Ok(Self {
+            device: device.to_owned(),
+            selection: match sealed.policy {
+                Policy::TpmOnly => None,
+                Policy::Pcrs { selection, .. } => Some(selection),
+            },
+            expect_srk: Some(sealed.srk_name),
         })
     }
 
@@ -95,6 +120,7 @@ impl Tpm2Backend {
         Self {
             device: device.to_owned(),
             selection: None,
+            expect_srk: None,
         }
     }
 }
@@ -107,7 +133,10 @@ impl KeyBackend for Tpm2Backend {
     fn wrap(&mut self, key: &DataKey) -> Result<Stanza, BackendError> {
         let device = self.device.clone();
         let selection = self.selection.clone();
-        retrying(&device, || seal_once(&device, selection.as_ref(), key))
+        let expect_srk = self.expect_srk.clone();
+        retrying(&device, || {
+            seal_once(&device, selection.as_ref(), expect_srk.as_deref(), key)
+        })
     }
 
     fn unwrap(&mut self, stanza: &Stanza) -> Result<DataKey, BackendError> {
@@ -701,11 +730,22 @@ fn fail(device: &str, e: TpmError) -> Fail {
 fn seal_once(
     device: &str,
     selection: Option<&PcrSelection>,
+    expect_srk: Option<&[u8]>,
     key: &DataKey,
 ) -> Result<Stanza, Fail> {
     let f = |e| fail(device, e);
     let mut tpm = Tpm::open(device).map_err(f)?;
     let (srk, srk_name) = tpm.srk_for_sealing().map_err(f)?;
+    if expect_srk.is_some_and(|expected| expected != srk_name) {
+        tpm.release_srk(srk).map_err(f)?;
+        return Err(Fail::Final(BackendError::Refused {
+            backend: KIND,
+            reason: format!(
+                "the existing tpm2 stanza belongs to a different TPM than the one at {device} (another storage root key)"
+            ),
+            hint: "run on the machine it was sealed on, or drop it (rewrap without --keep, adding --tpm2 for this TPM)".into(),
+        }));
+    }
     let policy = match selection {
         None => Policy::TpmOnly,
         Some(selection) => Policy::Pcrs {
