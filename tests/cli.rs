@@ -472,3 +472,30 @@ fn core_dumps_are_disabled_before_secrets_are_read() {
     expect_code(&out, 0);
     assert_eq!(String::from_utf8(out.stdout).unwrap(), "0\n0\n");
 }
+
+#[test]
+fn a_file_with_no_usable_stanza_says_which_types_it_has() {
+    // Only a stanza type from the future: nothing here can unwrap it.
+    use sesame::envelope::{encrypt, now_rfc3339};
+    use sesame::format::{encode, encode_header, Aead, Header, Stanza};
+    let key = sesame::secret::DataKey::generate().unwrap();
+    let header = Header {
+        created: now_rfc3339(),
+        generation: 1,
+        name: None,
+        aead: Aead::Aes256Gcm,
+        stanzas: vec![Stanza::new("x-future").with("k", "v")],
+    };
+    let header_bytes = encode_header(&header).unwrap();
+    let (nonce, ciphertext) = encrypt(&key, &header_bytes, br#"{"a":"b"}"#).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.sealed");
+    fs::write(&path, encode(&header_bytes, &nonce, &ciphertext)).unwrap();
+    let out = run(common::sesame().arg("unseal").arg(&path));
+    let stderr = expect_code(&out, 69);
+    one_line_naming(&stderr, &path);
+    assert!(
+        stderr.contains("no usable key stanza") && stderr.contains("x-future"),
+        "{stderr}"
+    );
+}
