@@ -19,6 +19,10 @@ pub enum SealError {
     /// The OS random source failed.
     #[error("the system random number generator failed")]
     Random,
+    /// The payload cipher refused its input (only possible beyond 64 GiB, far
+    /// over the format's 1 MiB limit: a bug if it happens).
+    #[error("the payload cipher failed")]
+    Cipher,
     /// A backend could not wrap the key.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -50,8 +54,12 @@ pub enum UnsealError {
     Backend(BackendError),
     /// A backend released a key but it does not open the payload: the header or
     /// body was modified, or the stanza was wrapped for another file.
-    #[error("authentication failed: the file was modified or its stanza belongs to another file")]
-    Tampered,
+    #[error("authentication failed{}: the file was modified or its stanza belongs to another file",
+        opened_by.as_ref().map(|s| format!(" with the key from {s}")).unwrap_or_default())]
+    Tampered {
+        /// Which stanza released the key, e.g. `stanza 1 (pkcs11)`, when known.
+        opened_by: Option<String>,
+    },
     /// The decrypted payload is not a valid document.
     #[error("the payload is not a valid secret document: {0}")]
     Payload(#[from] DocumentError),
@@ -172,29 +180,37 @@ pub fn seal(
 /// # Errors
 /// An [`UnsealError`].
 pub fn unseal(bytes: &[u8], backends: &mut [&mut dyn KeyBackend]) -> Result<Unsealed, UnsealError> {
-    let file = format::parse(bytes)?;
-    let (plaintext, stanza_index, notes) = open(&file, backends)?;
-    let document = SecretDocument::from_json(&plaintext)?;
+    unseal_parsed(&format::parse(bytes)?, backends)
+}
+
+/// [`unseal`] of a file already parsed (by a caller that also needs its header
+/// when unsealing fails, without parsing twice).
+///
+/// # Errors
+/// An [`UnsealError`].
+pub fn unseal_parsed(
+    file: &SealedFile,
+    backends: &mut [&mut dyn KeyBackend],
+) -> Result<Unsealed, UnsealError> {
+    let opened = open(file, backends)?;
+    let document = SecretDocument::from_json(&opened.plaintext)?;
     Ok(Unsealed {
         document,
-        header: file.header,
-        stanza_index,
-        notes,
+        header: file.header.clone(),
+        stanza_index: opened.stanza_index,
+        notes: opened.notes,
     })
 }
 
-/// The payload in clear, the index of the stanza that opened it, and notes.
-pub type Opened = (Zeroizing<Vec<u8>>, usize, Vec<(usize, String, String)>);
+/// The payload in clear, the stanza that opened it, and notes on the others.
+struct Opened {
+    plaintext: Zeroizing<Vec<u8>>,
+    stanza_index: usize,
+    notes: Vec<(usize, String, String)>,
+}
 
 /// Tries the stanzas in order until one releases a key, then opens the payload.
-///
-/// # Errors
-/// [`UnsealError::NoUsableStanza`], [`UnsealError::Tampered`] or the most
-/// specific [`UnsealError::Backend`].
-pub fn open(
-    file: &SealedFile,
-    backends: &mut [&mut dyn KeyBackend],
-) -> Result<Opened, UnsealError> {
+fn open(file: &SealedFile, backends: &mut [&mut dyn KeyBackend]) -> Result<Opened, UnsealError> {
     let mut notes = Vec::new();
     let mut best: Option<BackendError> = None;
     for (index, stanza) in file.header.stanzas.iter().enumerate() {
@@ -210,8 +226,22 @@ pub fn open(
             // Every stanza wraps the same key and the header (all stanzas
             // included) is authenticated, so a released key that does not open
             // the payload means the file was modified: no point trying others.
-            Ok(key) => return decrypt(&key, file).map(|plaintext| (plaintext, index, notes)),
+            Ok(key) => {
+                return match decrypt(&key, file) {
+                    Ok(plaintext) => Ok(Opened {
+                        plaintext,
+                        stanza_index: index,
+                        notes,
+                    }),
+                    Err(_) => Err(UnsealError::Tampered {
+                        opened_by: Some(format!("stanza {} ({})", index + 1, stanza.kind)),
+                    }),
+                };
+            }
             Err(e) => {
+                // Only the most specific failure is returned; the others are
+                // worth a line when someone looks closer.
+                tracing::info!(stanza = index + 1, backend = %stanza.kind, error = %e, "stanza could not be unwrapped");
                 notes.push((index, stanza.kind.clone(), e.to_string()));
                 if best
                     .as_ref()
@@ -251,7 +281,7 @@ pub fn encrypt(
 ) -> Result<([u8; NONCE_LEN], Vec<u8>), SealError> {
     let mut nonce = [0u8; NONCE_LEN];
     getrandom::getrandom(&mut nonce).map_err(|_| SealError::Random)?;
-    let cipher = Aes256Gcm::new_from_slice(key.expose()).map_err(|_| SealError::Random)?;
+    let cipher = Aes256Gcm::new_from_slice(key.expose()).map_err(|_| SealError::Cipher)?;
     let ciphertext = cipher
         .encrypt(
             Nonce::from_slice(&nonce),
@@ -261,16 +291,17 @@ pub fn encrypt(
             },
         )
         // aes-gcm only fails on inputs over 64 GiB; ours are capped at 1 MiB.
-        .map_err(|_| SealError::Random)?;
+        .map_err(|_| SealError::Cipher)?;
     Ok((nonce, ciphertext))
 }
 
 /// Opens the payload of `file` under `key`.
 ///
 /// # Errors
-/// [`UnsealError::Tampered`] if the tag does not verify.
+/// [`UnsealError::Tampered`] (without `opened_by`) if the tag does not verify.
 pub fn decrypt(key: &DataKey, file: &SealedFile) -> Result<Zeroizing<Vec<u8>>, UnsealError> {
-    let cipher = Aes256Gcm::new_from_slice(key.expose()).map_err(|_| UnsealError::Tampered)?;
+    let cipher = Aes256Gcm::new_from_slice(key.expose())
+        .map_err(|_| UnsealError::Tampered { opened_by: None })?;
     cipher
         .decrypt(
             Nonce::from_slice(&file.nonce),
@@ -280,7 +311,7 @@ pub fn decrypt(key: &DataKey, file: &SealedFile) -> Result<Zeroizing<Vec<u8>>, U
             },
         )
         .map(Zeroizing::new)
-        .map_err(|_| UnsealError::Tampered)
+        .map_err(|_| UnsealError::Tampered { opened_by: None })
 }
 
 #[cfg(test)]
@@ -347,7 +378,7 @@ mod tests {
             bad[i] ^= 0x01;
             match unseal(&bad, &mut [&mut b]) {
                 Ok(_) => panic!("flip at {i} accepted"),
-                Err(UnsealError::Tampered) | Err(UnsealError::Format(_)) => {}
+                Err(UnsealError::Tampered { .. }) | Err(UnsealError::Format(_)) => {}
                 Err(UnsealError::Backend(BackendError::Stanza { .. })) if i < header_len => {}
                 Err(UnsealError::Backend(BackendError::Refused { .. })) if i < header_len => {}
                 Err(UnsealError::NoUsableStanza { .. }) if i < header_len => {}
@@ -425,7 +456,7 @@ mod tests {
         assert!(decrypt(&old_key, &old).is_ok());
         assert!(matches!(
             decrypt(&old_key, &new),
-            Err(UnsealError::Tampered)
+            Err(UnsealError::Tampered { .. })
         ));
     }
 
@@ -436,7 +467,55 @@ mod tests {
         let sealed = seal(&doc(), &SealOptions::new(None), &mut [&mut a]).unwrap();
         assert!(matches!(
             unseal(&sealed, &mut [&mut b]),
-            Err(UnsealError::Tampered)
+            Err(UnsealError::Tampered { .. })
         ));
+    }
+
+    /// Fails every unwrap with a fixed error kind.
+    struct Failing(&'static str, fn() -> BackendError);
+
+    impl KeyBackend for Failing {
+        fn kind(&self) -> &'static str {
+            self.0
+        }
+        fn wrap(&mut self, _: &DataKey) -> Result<Stanza, BackendError> {
+            Ok(Stanza::new(self.0))
+        }
+        fn unwrap(&mut self, _: &Stanza) -> Result<DataKey, BackendError> {
+            Err((self.1)())
+        }
+    }
+
+    #[test]
+    fn a_temporary_failure_wins_so_the_caller_retries() {
+        let refused = || BackendError::Refused {
+            backend: "a",
+            reason: "PCR 7 changed".into(),
+            hint: String::new(),
+        };
+        let busy = || BackendError::Busy {
+            backend: "b",
+            reason: "session limit".into(),
+            hint: String::new(),
+        };
+        let mut a = Failing("a", refused);
+        let mut b = Failing("b", busy);
+        let sealed = seal(&doc(), &SealOptions::new(None), &mut [&mut a, &mut b]).unwrap();
+        match unseal(&sealed, &mut [&mut a, &mut b]) {
+            Err(UnsealError::Backend(BackendError::Busy { .. })) => {}
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("unsealed"),
+        }
+        let unavailable = || BackendError::Unavailable {
+            backend: "b",
+            reason: "no token".into(),
+            hint: String::new(),
+        };
+        let mut b = Failing("b", unavailable);
+        match unseal(&sealed, &mut [&mut a, &mut b]) {
+            Err(UnsealError::Backend(BackendError::Refused { .. })) => {}
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("unsealed"),
+        }
     }
 }

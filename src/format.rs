@@ -159,6 +159,15 @@ pub struct Header {
     pub stanzas: Vec<Stanza>,
 }
 
+impl Header {
+    /// The stanza types in file order, joined with `,` (e.g. `tpm2,pkcs11`),
+    /// for logs and audit records.
+    pub fn kinds(&self) -> String {
+        let kinds: Vec<&str> = self.stanzas.iter().map(|s| s.kind.as_str()).collect();
+        kinds.join(",")
+    }
+}
+
 /// A parsed sealed file: the header, its exact bytes, and the encrypted body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealedFile {

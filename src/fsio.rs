@@ -44,9 +44,35 @@ pub enum IoError {
         #[source]
         source: io::Error,
     },
-    /// `--group` names no group (exit 78... reported as a usage problem: 64).
+    /// `--group` names no group (a usage problem: exit 64).
     #[error("no group named {0:?}")]
     NoSuchGroup(String),
+}
+
+impl IoError {
+    /// The file involved, if any.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::Read { path, .. }
+            | Self::Exists { path }
+            | Self::NotTmpfs { path }
+            | Self::Write { path, .. } => Some(path),
+            Self::NoSuchGroup(_) => None,
+        }
+    }
+
+    /// The message without the leading path, for callers whose context
+    /// already names the file.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Read { source, .. } | Self::Write { source, .. } => source.to_string(),
+            Self::Exists { .. } => "already exists".into(),
+            Self::NotTmpfs { .. } => {
+                "not on a tmpfs or ramfs, so the plaintext could outlive a reboot".into()
+            }
+            Self::NoSuchGroup(_) => self.to_string(),
+        }
+    }
 }
 
 /// Reads a whole file, refusing to read more than `limit + 1` bytes so that an
@@ -105,6 +131,35 @@ pub fn is_memory_fs(dir: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The checks [`write_atomic`] makes before writing: the destination must
+/// not exist (unless `force`) and must be on tmpfs/ramfs (unless
+/// `allow_persistent`). Callers run it early to refuse before touching any
+/// hardware.
+///
+/// # Errors
+/// [`IoError::Exists`] or [`IoError::NotTmpfs`].
+pub fn check_destination(path: &Path, options: &WriteOptions) -> Result<(), IoError> {
+    if !options.allow_persistent && !is_memory_fs(&parent_dir(path)) {
+        return Err(IoError::NotTmpfs {
+            path: path.to_owned(),
+        });
+    }
+    if !options.force && path.symlink_metadata().is_ok() {
+        return Err(IoError::Exists {
+            path: path.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The directory a file is (to be) created in.
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// Writes `bytes` to `path` atomically: a private temp file in the same
 /// directory, owner/group/mode set before any byte is written, fsync, rename
 /// over (or next to) the destination, fsync of the directory. On any error the
@@ -117,20 +172,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8], options: &WriteOptions) -> Result
         path: path.to_owned(),
         source,
     };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    if !options.allow_persistent && !is_memory_fs(&dir) {
-        return Err(IoError::NotTmpfs {
-            path: path.to_owned(),
-        });
-    }
-    if !options.force && path.symlink_metadata().is_ok() {
-        return Err(IoError::Exists {
-            path: path.to_owned(),
-        });
-    }
+    check_destination(path, options)?;
+    let dir = parent_dir(path);
     // tempfile creates the file 0600 with O_EXCL and removes it on drop.
     let mut temp = tempfile::Builder::new()
         .prefix(".sesame-")

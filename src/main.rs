@@ -17,13 +17,31 @@ fn main() -> ExitCode {
         Ok(args) => args,
         Err(e) => {
             use clap::error::ErrorKind;
-            let code = match e.kind() {
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => 0,
-                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => cli::exit::USAGE,
-                _ => cli::exit::USAGE,
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = e.print();
+                    ExitCode::SUCCESS
+                }
+                // `sesame` or `sesame pkcs11` alone: the help is the answer.
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = e.print();
+                    ExitCode::from(cli::exit::USAGE)
+                }
+                // Errors are one line like every other sesame error; clap's
+                // first line says what was wrong, the rest is usage help.
+                _ => {
+                    let rendered = e.render().to_string();
+                    let message: Vec<&str> = rendered
+                        .lines()
+                        .take_while(|l| !l.trim().is_empty())
+                        .map(str::trim)
+                        .collect();
+                    let message = message.join(" ");
+                    let why = message.strip_prefix("error: ").unwrap_or(&message);
+                    eprintln!("sesame: usage: {why} (see sesame --help)");
+                    ExitCode::from(cli::exit::USAGE)
+                }
             };
-            let _ = e.print();
-            return ExitCode::from(code);
         }
     };
     match cli::run(args) {

@@ -109,7 +109,7 @@ fn seal_then_unseal_in_every_format() {
     let out = f.unseal(&f.sealed, &["--format", "value"]);
     expect_code(&out, 64);
     let out = f.unseal(&f.sealed, &["--format", "value", "--field", "nope"]);
-    let stderr = expect_code(&out, 65);
+    let stderr = expect_code(&out, 64);
     assert!(stderr.contains("nope"), "{stderr}");
 
     let out = run(common::sesame().arg("inspect").arg(&f.sealed));

@@ -180,7 +180,7 @@ fn dropping_a_backend_removes_its_stanza_and_its_old_key_opens_nothing() {
     let new = format::parse(&std::fs::read(&file).unwrap()).unwrap();
     assert!(matches!(
         envelope::decrypt(&old_key, &new),
-        Err(UnsealError::Tampered)
+        Err(UnsealError::Tampered { .. })
     ));
     tpm.assert_clean("rewrap and direct unseal");
 }

@@ -179,13 +179,15 @@ impl BackendError {
         }
     }
 
-    /// How specific this failure is, for choosing which error to report when
-    /// every stanza failed: a refusal by the hardware beats "not reachable".
+    /// Which failure to report when every stanza failed. A temporary failure
+    /// comes first: the unit retries on it, and the retry may succeed through
+    /// that stanza even if another one was refused for good. Then a refusal by
+    /// the hardware, which beats "not reachable".
     pub fn precedence(&self) -> u8 {
         match self {
-            Self::Refused { .. } => 6,
-            Self::Stanza { .. } => 5,
-            Self::Busy { .. } => 4,
+            Self::Busy { .. } => 6,
+            Self::Refused { .. } => 5,
+            Self::Stanza { .. } => 4,
             Self::Config { .. } => 3,
             Self::Exists { .. } => 2,
             Self::Unavailable { .. } => 1,

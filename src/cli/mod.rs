@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use sesame::backend::BackendError;
 use sesame::config::{Config, ConfigError};
 use sesame::envelope::{SealError, UnsealError};
+use sesame::format::FormatError;
 use sesame::fsio::IoError;
 use sesame::output::OutputError;
 use sesame::pin::PinError;
@@ -323,7 +324,7 @@ impl CliError {
                 e.to_string(),
                 Some("unseal on a machine with one of the listed backends, or upgrade sesame"),
             ),
-            UnsealError::Tampered | UnsealError::Payload(_) => Self::new(
+            UnsealError::Tampered { .. } | UnsealError::Payload(_) => Self::new(
                 exit::DATAERR,
                 what,
                 e.to_string(),
@@ -339,12 +340,15 @@ impl CliError {
         match e {
             SealError::Backend(b) => Self::backend(what, b),
             SealError::NoBackend => Self::new(exit::USAGE, what, e.to_string(), None),
-            SealError::Format(_) => Self::new(
-                exit::USAGE,
-                what,
-                e.to_string(),
-                Some("use printable ASCII for --name"),
-            ),
+            SealError::Format(ref f) => {
+                let hint = match f {
+                    FormatError::InvalidValue { field, .. } if field == "name" => {
+                        Some("use printable ASCII for --name")
+                    }
+                    _ => None,
+                };
+                Self::new(exit::USAGE, what, e.to_string(), hint)
+            }
             SealError::Generation(_) => Self::new(
                 exit::DATAERR,
                 what,
@@ -392,7 +396,9 @@ impl CliError {
     /// A document that cannot be written in the requested format.
     pub fn output(what: impl Into<String>, e: OutputError) -> Self {
         let code = match e {
-            OutputError::FieldRequired | OutputError::BadPrefix(_) => exit::USAGE,
+            OutputError::FieldRequired
+            | OutputError::BadPrefix(_)
+            | OutputError::NoSuchField { .. } => exit::USAGE,
             _ => exit::DATAERR,
         };
         let hint = match e {

@@ -74,24 +74,24 @@ fn parse_mode(text: &str) -> Result<u32, String> {
 }
 
 impl OutputArgs {
+    /// The write options for --output (resolving --group).
+    fn write_options(&self) -> Result<WriteOptions, fsio::IoError> {
+        Ok(WriteOptions {
+            mode: self.mode,
+            group: self.group.as_deref().map(fsio::lookup_group).transpose()?,
+            force: self.force,
+            allow_persistent: self.allow_persistent,
+        })
+    }
+
     /// Writes `bytes` to --output or standard output.
     pub fn write(&self, bytes: &[u8]) -> Result<(), CliError> {
         match &self.output {
             Some(path) => {
                 let what = format!("write {}", path.display());
-                let group = self
-                    .group
-                    .as_deref()
-                    .map(fsio::lookup_group)
-                    .transpose()
-                    .map_err(|e| CliError::io(&what, e))?;
-                let options = WriteOptions {
-                    mode: self.mode,
-                    group,
-                    force: self.force,
-                    allow_persistent: self.allow_persistent,
-                };
-                fsio::write_atomic(path, bytes, &options).map_err(|e| CliError::io(&what, e))
+                self.write_options()
+                    .and_then(|options| fsio::write_atomic(path, bytes, &options))
+                    .map_err(|e| CliError::io(&what, e))
             }
             None => {
                 let mut stdout = std::io::stdout().lock();
@@ -116,27 +116,9 @@ impl OutputArgs {
         let Some(path) = &self.output else {
             return Ok(());
         };
-        let what = format!("write {}", path.display());
-        if !self.force && path.symlink_metadata().is_ok() {
-            return Err(CliError::io(
-                &what,
-                fsio::IoError::Exists { path: path.clone() },
-            ));
-        }
-        let dir = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        if !self.allow_persistent && !fsio::is_memory_fs(dir) {
-            return Err(CliError::io(
-                &what,
-                fsio::IoError::NotTmpfs { path: path.clone() },
-            ));
-        }
-        if let Some(group) = &self.group {
-            fsio::lookup_group(group).map_err(|e| CliError::io(&what, e))?;
-        }
-        Ok(())
+        self.write_options()
+            .and_then(|options| fsio::check_destination(path, &options))
+            .map_err(|e| CliError::io(format!("write {}", path.display()), e))
     }
 }
 
@@ -208,6 +190,17 @@ pub fn unseal_bytes_for(
         file: Some(file),
         ..Audit::new("unseal", purpose)
     };
+    let sealed = match format::parse(bytes) {
+        Ok(f) => f,
+        Err(e) => {
+            let e = CliError::unseal(&what, e.into());
+            record.emit_failure(&e);
+            return Err(e);
+        }
+    };
+    let kinds = sealed.header.kinds();
+    record.backend = Some(&kinds);
+    record.generation = Some(sealed.header.generation);
     let mut backends = match backends::for_unsealing(ctx, args) {
         Ok(b) => b,
         Err(e) => {
@@ -216,7 +209,7 @@ pub fn unseal_bytes_for(
         }
     };
     let mut refs: Vec<&mut dyn KeyBackend> = backends.iter_mut().map(|b| b.as_mut() as _).collect();
-    let result = envelope::unseal(bytes, &mut refs);
+    let result = envelope::unseal_parsed(&sealed, &mut refs);
     match &result {
         Ok(u) => {
             for (index, kind, reason) in &u.notes {
@@ -226,38 +219,19 @@ pub fn unseal_bytes_for(
             Audit {
                 backend: Some(&stanza.kind),
                 pcrs: stanza.field("pcrs"),
-                generation: Some(u.header.generation),
                 outcome: Outcome::Ok,
                 ..record
             }
             .emit();
         }
         Err(e) => {
-            // The header may still parse when the unseal failed: name the
-            // backend that failed and the PCRs its stanza is bound to.
-            let header = format::parse_header_only(bytes).ok();
-            let failed_kind = match e {
-                UnsealError::Backend(b) => Some(b.backend()),
-                _ => None,
-            };
-            let stanza = header.as_ref().and_then(|h| {
-                h.stanzas
-                    .iter()
-                    .find(|s| Some(s.kind.as_str()) == failed_kind)
-            });
-            let kinds = header.as_ref().map(|h| {
-                h.stanzas
-                    .iter()
-                    .map(|s| s.kind.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            });
-            let reason = e.to_string();
-            record.backend = failed_kind.or(kinds.as_deref());
-            record.pcrs = stanza.and_then(|s| s.field("pcrs"));
-            record.generation = header.as_ref().map(|h| h.generation);
-            record.reason = Some(&reason);
-            record.emit();
+            // Name the backend that failed and the PCRs its stanza is bound to.
+            if let UnsealError::Backend(b) = e {
+                let stanza = sealed.header.stanzas.iter().find(|s| s.kind == b.backend());
+                record.backend = Some(b.backend());
+                record.pcrs = stanza.and_then(|s| s.field("pcrs"));
+            }
+            record.emit_failure(e);
         }
     }
     result.map_err(|e| CliError::unseal(what, e))
