@@ -95,17 +95,7 @@ pub fn env_pairs<'a>(
     doc: &'a SecretDocument,
     prefix: &str,
 ) -> Result<Vec<(String, &'a str)>, OutputError> {
-    let prefix_ok = prefix.is_empty()
-        || (prefix
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && prefix
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_'));
-    if !prefix_ok {
-        return Err(OutputError::BadPrefix(prefix.to_owned()));
-    }
+    check_prefix(prefix)?;
     Ok(doc
         .iter()
         .map(|(name, value)| {
@@ -115,6 +105,27 @@ pub fn env_pairs<'a>(
             )
         })
         .collect())
+}
+
+/// Checks an `--env-prefix`: empty, or the start of a variable name
+/// (`[A-Za-z_][A-Za-z0-9_]*`).
+///
+/// # Errors
+/// [`OutputError::BadPrefix`].
+pub fn check_prefix(prefix: &str) -> Result<(), OutputError> {
+    let valid = prefix.is_empty()
+        || (prefix
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    if valid {
+        Ok(())
+    } else {
+        Err(OutputError::BadPrefix(prefix.to_owned()))
+    }
 }
 
 fn field<'a>(doc: &'a SecretDocument, name: &str) -> Result<&'a str, OutputError> {
