@@ -22,7 +22,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize as _, Zeroizing};
 
-use crate::secret::{FieldName, SecretDocument, SecretValue};
+use crate::secret::{printable, FieldName, SecretDocument, SecretValue};
 
 /// Regions with an SES SMTP endpoint (`email-smtp.REGION.amazonaws.com`).
 ///
@@ -179,8 +179,14 @@ fn well_formed_region(name: &str) -> bool {
 /// prefixed with the version byte 0x04, base64-encoded.
 ///
 /// The key material, every intermediate MAC and the result live in buffers
-/// that are wiped on drop. (The HMAC state inside the `hmac` crate is not
-/// wiped; it holds only hashes of the key, never the key.)
+/// of ours that are wiped on drop. Memory inside the `hmac` and `sha2` crates
+/// is not: for each step, `new_from_slice` builds the key block XORed with
+/// ipad and then opad in a stack buffer it does not wipe (one XOR gives the
+/// key back: for the first step, `"AWS4"` + the secret access key, or its
+/// SHA-256 if longer than 64 bytes, which is as good for HMAC), and the MAC
+/// value keeps SHA-256 states derived from those blocks, not wiped on drop
+/// either and enough to compute further MACs under that key. These copies
+/// stay in freed stack memory until it is overwritten.
 ///
 /// # Errors
 /// [`SesError::BadSecretKey`] for an empty key or one with whitespace.
@@ -463,14 +469,6 @@ impl<'a> SmtpSettings<'a> {
             password,
         })
     }
-}
-
-/// Replaces control characters so a (non-secret) value can be shown on one line.
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(80)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
 }
 
 #[cfg(test)]
