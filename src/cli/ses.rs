@@ -259,9 +259,10 @@ fn check(ctx: &Context, args: &CheckArgs) -> Result<(), CliError> {
         Err(e) => audit_check(args, &endpoint, Outcome::Failed, Some(&e.to_string())),
     }
     let report = result.map_err(|e| check_error(&what, e))?;
+    // Nothing from the sealed document but the endpoint: not the user name.
     println!(
-        "ok: {} authenticated to {endpoint} ({}) with AUTH {} after STARTTLS; no mail sent",
-        settings.username, report.server_name, report.mechanism
+        "ok: authenticated to {endpoint} ({}) with AUTH {} after STARTTLS; no mail sent",
+        report.server_name, report.mechanism
     );
     Ok(())
 }
