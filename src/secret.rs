@@ -306,7 +306,7 @@ fn json_error_summary(e: &serde_json::Error) -> String {
 }
 
 /// Replaces control characters so a (non-secret) name can be shown on one line.
-fn printable(s: &str) -> String {
+pub(crate) fn printable(s: &str) -> String {
     s.chars()
         .take(80)
         .map(|c| if c.is_control() { '?' } else { c })

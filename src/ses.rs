@@ -22,7 +22,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::{Zeroize as _, Zeroizing};
 
-use crate::secret::{FieldName, SecretDocument, SecretValue};
+use crate::secret::{printable, FieldName, SecretDocument, SecretValue};
 
 /// Regions with an SES SMTP endpoint (`email-smtp.REGION.amazonaws.com`).
 ///
@@ -73,21 +73,62 @@ const VERSION: u8 = 0x04;
 /// Length of a derived SMTP password: base64 of 1 version byte + 32 MAC bytes.
 pub const SMTP_PASSWORD_LEN: usize = 44;
 
-/// Errors of this module. Messages name fields and regions, never values.
+/// Where a region, host or port came from. It decides whether an error may
+/// quote the value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line argument: typed by the user, not secret; errors quote it.
+    Argument,
+    /// A field of the secret input or of a sealed document: errors name the
+    /// field and the rule, never the value, so that a credential pasted into
+    /// the wrong field reaches neither the terminal nor the audit log.
+    Document,
+}
+
+/// A rejected region, host or port, as an error shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rejected {
+    /// The value of a command-line argument (control characters replaced,
+    /// at most 80 characters), quoted in the message.
+    Argument(String),
+    /// The named field of a document; its value is not kept.
+    Field(&'static str),
+}
+
+impl Rejected {
+    fn new(origin: Origin, field: &'static str, value: &str) -> Self {
+        match origin {
+            Origin::Argument => Self::Argument(printable(value)),
+            Origin::Document => Self::Field(field),
+        }
+    }
+}
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Argument(value) => write!(f, "{value:?}"),
+            Self::Field(field) => write!(f, "the {field} field"),
+        }
+    }
+}
+
+/// Errors of this module. Messages name fields, never values taken from a
+/// document; they quote only command-line arguments (see [`Rejected`]).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SesError {
     /// A region without an SES SMTP endpoint (or not in [`SMTP_REGIONS`]).
-    #[error("region {region:?} has no SES SMTP endpoint known to sesame (known: {known})")]
+    #[error("{region} is not a region with an SES SMTP endpoint known to sesame (known: {known})")]
     UnknownRegion {
-        /// The region given (not secret).
-        region: String,
+        /// The region given.
+        region: Rejected,
         /// The known regions, comma-separated.
         known: String,
     },
     /// A region name that is not even shaped like one.
-    #[error("{0:?} is not an AWS region name (like eu-west-1)")]
-    BadRegion(String),
+    #[error("{0} is not an AWS region name (like eu-west-1)")]
+    BadRegion(Rejected),
     /// The secret access key is empty or contains whitespace or control characters.
     #[error("the secret access key is empty or contains spaces or control characters")]
     BadSecretKey,
@@ -109,11 +150,25 @@ pub enum SesError {
     #[error("missing {0}")]
     Missing(&'static str),
     /// A host name that could not be an SMTP endpoint.
-    #[error("{0:?} is not a host name or IPv4 address")]
-    BadHost(String),
+    #[error("{0} is not a host name or IPv4 address")]
+    BadHost(Rejected),
     /// A port that is not 1–65535.
-    #[error("port {0:?} is not a number from 1 to 65535")]
-    BadPort(String),
+    #[error("{0} is not a port number from 1 to 65535")]
+    BadPort(Rejected),
+}
+
+impl SesError {
+    /// The rejected region, host or port, if the error is about one: whether
+    /// it came from a command-line argument or from a document.
+    pub fn rejected(&self) -> Option<&Rejected> {
+        match self {
+            Self::UnknownRegion { region: r, .. }
+            | Self::BadRegion(r)
+            | Self::BadHost(r)
+            | Self::BadPort(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 /// An AWS region, checked against [`SMTP_REGIONS`] unless explicitly allowed.
@@ -123,23 +178,24 @@ pub struct Region(String);
 impl Region {
     /// Parses a region name. With `allow_unlisted`, any well-formed name
     /// (`[a-z]{2}(-[a-z]+)+-[0-9]+`) is accepted: for regions AWS added after
-    /// this release.
+    /// this release. `origin` says where the name came from: an error quotes
+    /// it only if it is a command-line argument.
     ///
     /// # Errors
     /// [`SesError::UnknownRegion`] listing the known regions, or
     /// [`SesError::BadRegion`].
-    pub fn parse(name: &str, allow_unlisted: bool) -> Result<Self, SesError> {
+    pub fn parse(name: &str, allow_unlisted: bool, origin: Origin) -> Result<Self, SesError> {
         if SMTP_REGIONS.contains(&name) {
             return Ok(Self(name.to_owned()));
         }
         if !well_formed_region(name) {
-            return Err(SesError::BadRegion(printable(name)));
+            return Err(SesError::BadRegion(Rejected::new(origin, "region", name)));
         }
         if allow_unlisted {
             return Ok(Self(name.to_owned()));
         }
         Err(SesError::UnknownRegion {
-            region: name.to_owned(),
+            region: Rejected::new(origin, "region", name),
             known: SMTP_REGIONS.join(", "),
         })
     }
@@ -179,8 +235,14 @@ fn well_formed_region(name: &str) -> bool {
 /// prefixed with the version byte 0x04, base64-encoded.
 ///
 /// The key material, every intermediate MAC and the result live in buffers
-/// that are wiped on drop. (The HMAC state inside the `hmac` crate is not
-/// wiped; it holds only hashes of the key, never the key.)
+/// of ours that are wiped on drop. Memory inside the `hmac` and `sha2` crates
+/// is not: for each step, `new_from_slice` builds the key block XORed with
+/// ipad and then opad in a stack buffer it does not wipe (one XOR gives the
+/// key back: for the first step, `"AWS4"` + the secret access key, or its
+/// SHA-256 if longer than 64 bytes, which is as good for HMAC), and the MAC
+/// value keeps SHA-256 states derived from those blocks, not wiped on drop
+/// either and enough to compute further MACs under that key. These copies
+/// stay in freed stack memory until it is overwritten.
 ///
 /// # Errors
 /// [`SesError::BadSecretKey`] for an empty key or one with whitespace.
@@ -298,16 +360,19 @@ pub fn build_document(
         *slot = Some(value);
     }
 
-    let region_name = match (&options.region, region_field) {
-        (Some(r), _) => r.clone(),
-        (None, Some(r)) => r.expose().trim().to_owned(),
+    let region = match (&options.region, region_field) {
+        (Some(r), _) => Region::parse(r, options.allow_unlisted_region, Origin::Argument)?,
+        (None, Some(r)) => Region::parse(
+            r.expose().trim(),
+            options.allow_unlisted_region,
+            Origin::Document,
+        )?,
         (None, None) => {
             return Err(SesError::Missing(
                 "region (give --ses-region or a region field)",
             ))
         }
     };
-    let region = Region::parse(&region_name, options.allow_unlisted_region)?;
 
     let has_key = access_key_id.is_some() || secret_access_key.is_some();
     let has_smtp = username.is_some() || password.is_some();
@@ -351,14 +416,20 @@ pub fn build_document(
     };
 
     let host = match (&options.host, host_field) {
-        (Some(h), _) => h.clone(),
-        (None, Some(h)) => h.expose().trim().to_owned(),
+        (Some(h), _) => {
+            check_host(h, Origin::Argument)?;
+            h.clone()
+        }
+        (None, Some(h)) => {
+            let h = h.expose().trim();
+            check_host(h, Origin::Document)?;
+            h.to_owned()
+        }
         (None, None) => region.smtp_host(),
     };
-    check_host(&host)?;
     let port = match (options.port, port_field) {
         (Some(p), _) => p,
-        (None, Some(p)) => parse_port(p.expose().trim())?,
+        (None, Some(p)) => parse_port(p.expose().trim(), Origin::Document)?,
         (None, None) => DEFAULT_PORT,
     };
 
@@ -381,10 +452,12 @@ pub fn build_document(
 
 /// Accepts DNS names and IPv4 addresses: `[A-Za-z0-9.-]`, not starting with
 /// `-`. Anything else (spaces, `:`) would also break Exim's `passwd.client`.
+/// `origin` says where the host came from: an error quotes it only if it is a
+/// command-line argument.
 ///
 /// # Errors
 /// [`SesError::BadHost`].
-pub fn check_host(host: &str) -> Result<(), SesError> {
+pub fn check_host(host: &str, origin: Origin) -> Result<(), SesError> {
     let ok = !host.is_empty()
         && host.len() <= 253
         && !host.starts_with(['-', '.'])
@@ -394,18 +467,19 @@ pub fn check_host(host: &str) -> Result<(), SesError> {
     if ok {
         Ok(())
     } else {
-        Err(SesError::BadHost(printable(host)))
+        Err(SesError::BadHost(Rejected::new(origin, "host", host)))
     }
 }
 
-/// Parses a TCP port, 1–65535.
+/// Parses a TCP port, 1–65535. `origin` says where the text came from: an
+/// error quotes it only if it is a command-line argument.
 ///
 /// # Errors
 /// [`SesError::BadPort`].
-pub fn parse_port(text: &str) -> Result<u16, SesError> {
+pub fn parse_port(text: &str, origin: Origin) -> Result<u16, SesError> {
     match text.parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(SesError::BadPort(printable(text))),
+        _ => Err(SesError::BadPort(Rejected::new(origin, "port", text))),
     }
 }
 
@@ -442,18 +516,23 @@ impl<'a> SmtpSettings<'a> {
             .ok_or(SesError::Missing("password field in the sealed document"))?
             .expose();
         let host = match (host_override, doc.get("host")) {
-            (Some(h), _) => h.to_owned(),
-            (None, Some(h)) => h.expose().to_owned(),
+            (Some(h), _) => {
+                check_host(h, Origin::Argument)?;
+                h.to_owned()
+            }
+            (None, Some(h)) => {
+                check_host(h.expose(), Origin::Document)?;
+                h.expose().to_owned()
+            }
             (None, None) => match doc.get("region") {
                 // An unlisted region is fine here: it was accepted at seal time.
-                Some(r) => Region::parse(r.expose(), true)?.smtp_host(),
+                Some(r) => Region::parse(r.expose(), true, Origin::Document)?.smtp_host(),
                 None => return Err(SesError::Missing("host or region field (or --host)")),
             },
         };
-        check_host(&host)?;
         let port = match (port_override, doc.get("port")) {
             (Some(p), _) => p,
-            (None, Some(p)) => parse_port(p.expose())?,
+            (None, Some(p)) => parse_port(p.expose(), Origin::Document)?,
             (None, None) => DEFAULT_PORT,
         };
         Ok(Self {
@@ -465,20 +544,12 @@ impl<'a> SmtpSettings<'a> {
     }
 }
 
-/// Replaces control characters so a (non-secret) value can be shown on one line.
-fn printable(s: &str) -> String {
-    s.chars()
-        .take(80)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn region(name: &str) -> Region {
-        Region::parse(name, false).unwrap()
+        Region::parse(name, false, Origin::Argument).unwrap()
     }
 
     /// The vectors of terraform-provider-aws (TestSESSMTPPasswordFromSecretKeySigV4),
@@ -548,11 +619,11 @@ mod tests {
             region("eu-west-1").smtp_host(),
             "email-smtp.eu-west-1.amazonaws.com"
         );
-        let err = Region::parse("xx-nowhere-9", false).unwrap_err();
+        let err = Region::parse("xx-nowhere-9", false, Origin::Argument).unwrap_err();
         assert!(
             matches!(&err, SesError::UnknownRegion { known, .. } if known.contains("us-east-1"))
         );
-        assert!(Region::parse("xx-nowhere-9", true).is_ok());
+        assert!(Region::parse("xx-nowhere-9", true, Origin::Argument).is_ok());
         for bad in [
             "",
             "eu",
@@ -563,7 +634,10 @@ mod tests {
             "e-west-1",
         ] {
             assert!(
-                matches!(Region::parse(bad, true), Err(SesError::BadRegion(_))),
+                matches!(
+                    Region::parse(bad, true, Origin::Argument),
+                    Err(SesError::BadRegion(_))
+                ),
                 "{bad}"
             );
         }
@@ -673,6 +747,95 @@ mod tests {
             Some(SesError::Missing(
                 "region (give --ses-region or a region field)"
             ))
+        );
+    }
+
+    /// A credential pasted into the wrong field must not be echoed: errors
+    /// about document fields name the field, never the value; only
+    /// command-line arguments are quoted.
+    #[test]
+    fn errors_quote_arguments_but_never_document_values() {
+        const LEAK: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+        let mut opts = options();
+        opts.region = None;
+        let cases = [
+            (format!("username=u\npassword=p\nregion={LEAK}\n"), "region"),
+            (
+                format!("username=u\npassword=p\nregion=xx-{LEAK}-1\n"),
+                "region",
+            ),
+            (
+                format!("username=u\npassword=p\nregion=eu-west-1\nhost={LEAK}\n"),
+                "host",
+            ),
+            (
+                format!("username=u\npassword=p\nregion=eu-west-1\nport={LEAK}\n"),
+                "port",
+            ),
+        ];
+        for (text, field) in &cases {
+            let err = build_document(&input(text), &opts).err().unwrap();
+            assert_eq!(err.rejected(), Some(&Rejected::Field(field)), "{err:?}");
+            let message = err.to_string();
+            assert!(
+                message.starts_with(&format!("the {field} field ")),
+                "{message}"
+            );
+            assert!(!message.contains("EXAMPLEKEY"), "{message}");
+            assert!(!format!("{err:?}").contains("EXAMPLEKEY"), "{err:?}");
+        }
+        // The lowercase region is well formed but unknown.
+        let err = build_document(
+            &input("username=u\npassword=p\nregion=xx-secretvalue-1\n"),
+            &opts,
+        )
+        .err()
+        .unwrap();
+        assert!(matches!(err, SesError::UnknownRegion { .. }), "{err:?}");
+        assert!(!err.to_string().contains("secretvalue"), "{err}");
+
+        // The same checks on a document being read back for `ses check`.
+        for (text, field) in &cases {
+            let doc = input(text);
+            let err = SmtpSettings::from_document(&doc, None, None)
+                .err()
+                .unwrap_or_else(|| panic!("{text}"));
+            assert_eq!(err.rejected(), Some(&Rejected::Field(field)), "{err:?}");
+            assert!(!err.to_string().contains("EXAMPLEKEY"), "{err}");
+        }
+
+        // Command-line arguments are the user's own and are quoted.
+        let mut opts = options();
+        opts.region = Some("eu west 1".into());
+        let err = build_document(&input("username=u\npassword=p\n"), &opts)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "\"eu west 1\" is not an AWS region name (like eu-west-1)"
+        );
+        assert!(matches!(err.rejected(), Some(Rejected::Argument(_))));
+        let mut opts = options();
+        opts.host = Some("bad host".into());
+        let err = build_document(&input("username=u\npassword=p\nhost=ok.example\n"), &opts)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "\"bad host\" is not a host name or IPv4 address"
+        );
+        let doc = input("username=u\npassword=p\nregion=eu-west-1\n");
+        let err = SmtpSettings::from_document(&doc, Some("a:b"), None)
+            .err()
+            .unwrap();
+        assert_eq!(err.rejected(), Some(&Rejected::Argument("a:b".into())));
+        assert_eq!(
+            parse_port("0", Origin::Argument).unwrap_err().to_string(),
+            "\"0\" is not a port number from 1 to 65535"
+        );
+        assert_eq!(
+            parse_port("0", Origin::Document).unwrap_err().to_string(),
+            "the port field is not a port number from 1 to 65535"
         );
     }
 

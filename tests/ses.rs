@@ -128,7 +128,7 @@ fn derive_password_rejects_unknown_regions_with_the_list() {
     let out = derive("some+secret+key", "xx-nowhere-1");
     let stderr = expect_code(&out, 64);
     assert!(
-        stderr.starts_with("sesame: ses derive-password: region \"xx-nowhere-1\""),
+        stderr.starts_with("sesame: ses derive-password: \"xx-nowhere-1\" is not a region"),
         "{stderr}"
     );
     assert!(
@@ -186,11 +186,13 @@ fn check_authenticates_without_sending() {
     );
     expect_code(&out, 0);
     assert!(
-        stdout(&out).starts_with(&format!("ok: {USER} authenticated to 127.0.0.1:")),
+        stdout(&out).starts_with("ok: authenticated to 127.0.0.1:"),
         "{}",
         stdout(&out)
     );
+    // Neither the password nor the user name (the access key id) is printed.
     assert!(!stdout(&out).contains("smtp-password-1"));
+    assert!(!stdout(&out).contains(USER), "{}", stdout(&out));
     let auths = standin.records("auth");
     assert_eq!(auths.len(), 1, "{auths:?}");
     assert_eq!(auths[0]["ok"], true);
@@ -392,6 +394,125 @@ fn seal_ses_rejects_bad_input_before_wrapping() {
         b"username=u\npassword=p\n",
     );
     expect_code(&out, 64);
+}
+
+/// A secret-looking value, as if a credential had been pasted into the wrong
+/// field.
+const LEAK: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYLEAKEDKEY";
+
+/// Documents with [`LEAK`] in the region, host and port fields, and the field
+/// each error must name instead.
+fn leaky_documents() -> [(String, &'static str); 3] {
+    [
+        (format!("username=u\npassword=p\nregion={LEAK}\n"), "region"),
+        (
+            format!("username=u\npassword=p\nregion=eu-west-1\nhost={LEAK}\n"),
+            "host",
+        ),
+        (
+            format!("username=u\npassword=p\nregion=eu-west-1\nport={LEAK}\n"),
+            "port",
+        ),
+    ]
+}
+
+/// Asserts that neither stderr (errors and the JSON audit log) nor stdout
+/// holds the leaked value, and that the one error line names `field`.
+fn assert_not_echoed(out: &Output, field: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for leak in [LEAK, "LEAKEDKEY", "leakedkey"] {
+        assert!(!stderr.contains(leak), "{stderr}");
+        assert!(!stdout(out).contains(leak), "{}", stdout(out));
+    }
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("sesame: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains(&format!("the {field} field ")),
+        "{stderr}"
+    );
+}
+
+/// Audit records among the JSON log lines of `stderr`.
+fn audit_records(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).expect("JSON log line"))
+        .filter(|v: &serde_json::Value| v["target"] == "sesame::audit")
+        .collect()
+}
+
+#[test]
+fn seal_ses_never_echoes_region_host_or_port_from_the_input() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out_file = dir.path().join("ses.sealed");
+    // Also a well-formed region that is not known (`seal` refuses it without
+    // --ses-any-region; `ses check` accepts it).
+    let unknown_region = (
+        "username=u\npassword=p\nregion=xx-leakedkey-1\n".to_owned(),
+        "region",
+    );
+    for (input, field) in leaky_documents().into_iter().chain([unknown_region]) {
+        let out = run_with_stdin(
+            sesame()
+                .args(["seal", "--ses", "--log-format", "json"])
+                .args(["--pkcs11", NOWHERE_URI, "--out"])
+                .arg(&out_file),
+            input.as_bytes(),
+        );
+        // Bad data from standard input, not a usage error.
+        let stderr = expect_code(&out, 65);
+        assert_not_echoed(&out, field);
+        let audit = audit_records(&stderr);
+        assert_eq!(audit.len(), 1, "{stderr}");
+        assert_eq!(audit[0]["event"], "seal");
+        assert_eq!(audit[0]["outcome"], "failed");
+        assert!(
+            audit[0]["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("the {field} field")),
+            "{stderr}"
+        );
+        assert!(!out_file.exists());
+    }
+    // The same values as flags are the user's own arguments: quoted, exit 64.
+    for (flags, quoted) in [
+        (["--ses-region", "eu west 1"], "\"eu west 1\" is not"),
+        (["--ses-endpoint", "bad host"], "\"bad host\" is not"),
+    ] {
+        let out = run_with_stdin(
+            sesame()
+                .args(["seal", "--ses", "--pkcs11", NOWHERE_URI, "--out"])
+                .arg(&out_file)
+                .args(flags),
+            b"username=u\npassword=p\nregion=eu-west-1\n",
+        );
+        let stderr = expect_code(&out, 64);
+        assert!(stderr.contains(quoted), "{stderr}");
+    }
+}
+
+#[test]
+fn check_stdin_never_echoes_region_host_or_port_from_the_input() {
+    for (input, field) in leaky_documents() {
+        let out = run_with_stdin(
+            sesame().args(["ses", "check", "--stdin", "--log-format", "json"]),
+            input.as_bytes(),
+        );
+        expect_code(&out, 65);
+        assert_not_echoed(&out, field);
+    }
+    // --host is an argument: quoted, exit 64.
+    let out = run_with_stdin(
+        sesame().args(["ses", "check", "--stdin", "--host", "a:b"]),
+        b"username=u\npassword=p\nregion=eu-west-1\n",
+    );
+    let stderr = expect_code(&out, 64);
+    assert!(stderr.contains("\"a:b\" is not a host name"), "{stderr}");
 }
 
 /// A sealed file whose only stanza no backend of this build can open: built
@@ -659,6 +780,27 @@ fn seal_ses_then_unseal_and_check_live() {
         .arg(other.ca())
         .arg(&sealed));
     expect_code(&out, 77);
+}
+
+#[test]
+fn check_never_echoes_region_host_or_port_from_the_sealed_document() {
+    let hsm = token();
+    for (i, (document, field)) in leaky_documents().into_iter().enumerate() {
+        let sealed = hsm.dir().join(format!("leaky-{i}.sealed"));
+        // Sealed without --ses, so nothing checked the fields at seal time.
+        seal_document(&hsm, &[hsm.uri("kek")], &sealed, &document);
+        let out = run(hsm
+            .command()
+            .args(["ses", "check", "--log-format", "json"])
+            .arg(&sealed));
+        // A sealed document with bad data: 65, as for a malformed file.
+        let stderr = expect_code(&out, 65);
+        assert_not_echoed(&out, field);
+        // The unseal itself succeeded and is audited; nothing else leaked.
+        let audit = audit_records(&stderr);
+        assert_eq!(audit[0]["event"], "unseal", "{stderr}");
+        assert_eq!(audit[0]["outcome"], "ok", "{stderr}");
+    }
 }
 
 fn seal_document(hsm: &SoftHsm, uris: &[String], path: &Path, document: &str) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use sesame::secret::SecretDocument;
 use sesame::ses::smtp::{self, CheckError, CheckParams};
-use sesame::ses::{self, Region, SesError, SesOptions, SmtpSettings};
+use sesame::ses::{self, Origin, Region, Rejected, SesError, SesOptions, SmtpSettings};
 use sesame::{envelope, fsio};
 use zeroize::Zeroizing;
 
@@ -27,7 +27,8 @@ pub struct SesSealArgs {
     /// `secret_access_key` (the SMTP password is derived from it and the secret
     /// key is not sealed), or a ready `username` and `password`; as JSON or
     /// KEY=VALUE lines. The sealed document has username, password, host, port,
-    /// region and created.
+    /// region and created. A bad --ses-* flag exits 64; a bad region, host or
+    /// port field of the input exits 65 (named, never quoted).
     #[arg(long, help_heading = "SES")]
     pub ses: bool,
     /// AWS region of the SES endpoint (else the input's `region` field).
@@ -90,8 +91,9 @@ enum SesCommand {
     /// timeout); 76 TLS failure (no STARTTLS, handshake or certificate
     /// verification failed) or a server that does not offer AUTH PLAIN/LOGIN;
     /// 77 credentials refused by the server; 75 temporary failure (4xx reply);
-    /// plus the unseal exit codes (65, 66, 69, 75, 77) if the file cannot be
-    /// unsealed.
+    /// 64 bad flags; 65 a host, port or region field of the document that is
+    /// not one (the message names the field, never its value); plus the
+    /// unseal exit codes (65, 66, 69, 75, 77) if the file cannot be unsealed.
     Check(CheckArgs),
 }
 
@@ -153,12 +155,10 @@ fn ses_error(what: &str, e: SesError) -> CliError {
         }
         _ => None,
     };
-    let code = match e {
-        // Region, host and port usually come from flags.
-        SesError::UnknownRegion { .. }
-        | SesError::BadRegion(_)
-        | SesError::BadHost(_)
-        | SesError::BadPort(_) => exit::USAGE,
+    let code = match e.rejected() {
+        // A region, host or port given as a flag is a usage error; one from
+        // the secret input or the sealed document is bad data, like the rest.
+        Some(Rejected::Argument(_)) => exit::USAGE,
         _ => exit::DATAERR,
     };
     CliError::new(code, what, e.to_string(), hint)
@@ -167,7 +167,8 @@ fn ses_error(what: &str, e: SesError) -> CliError {
 fn derive_password(args: &DeriveArgs) -> Result<(), CliError> {
     let what = "ses derive-password";
     // Check the region before asking for the secret.
-    let region = Region::parse(&args.region, args.any_region).map_err(|e| ses_error(what, e))?;
+    let region = Region::parse(&args.region, args.any_region, Origin::Argument)
+        .map_err(|e| ses_error(what, e))?;
     let secret = read_secret_key()?;
     let password = ses::derive_smtp_password(&secret, &region).map_err(|e| ses_error(what, e))?;
     let mut stdout = std::io::stdout().lock();
@@ -258,9 +259,10 @@ fn check(ctx: &Context, args: &CheckArgs) -> Result<(), CliError> {
         Err(e) => audit_check(args, &endpoint, Outcome::Failed, Some(&e.to_string())),
     }
     let report = result.map_err(|e| check_error(&what, e))?;
+    // Nothing from the sealed document but the endpoint: not the user name.
     println!(
-        "ok: {} authenticated to {endpoint} ({}) with AUTH {} after STARTTLS; no mail sent",
-        settings.username, report.server_name, report.mechanism
+        "ok: authenticated to {endpoint} ({}) with AUTH {} after STARTTLS; no mail sent",
+        report.server_name, report.mechanism
     );
     Ok(())
 }
