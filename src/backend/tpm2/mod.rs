@@ -797,8 +797,14 @@ fn unseal_once(device: &str, sealed: &SealedObject) -> Result<DataKey, Fail> {
         }
     }
     let data = tpm.unseal(session, object).map_err(f)?;
-    tpm.flush(object.into()).map_err(f)?;
-    tpm.release_srk(srk).map_err(f)?;
+    // The key is out: a failed flush must not turn this into a failure (or a
+    // retry that unseals again). `Tpm`'s Drop tries the flush once more.
+    if let Err(e) = tpm.flush(object.into()) {
+        tracing::debug!(backend = KIND, error = %e.describe(), "flushing the sealed object failed (ignored)");
+    }
+    if let Err(e) = tpm.release_srk(srk) {
+        tracing::debug!(backend = KIND, error = %e.describe(), "flushing the transient SRK failed (ignored)");
+    }
     DataKey::from_slice(data.value()).ok_or_else(|| {
         Fail::Final(BackendError::Refused {
             backend: KIND,
