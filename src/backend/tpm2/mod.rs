@@ -131,18 +131,21 @@ impl KeyBackend for Tpm2Backend {
     }
 
     fn wrap(&mut self, key: &DataKey) -> Result<Stanza, BackendError> {
-        let device = self.device.clone();
-        let selection = self.selection.clone();
-        let expect_srk = self.expect_srk.clone();
-        retrying(&device, || {
-            seal_once(&device, selection.as_ref(), expect_srk.as_deref(), key)
+        let this = &*self;
+        retrying(&this.device, || {
+            seal_once(
+                &this.device,
+                this.selection.as_ref(),
+                this.expect_srk.as_deref(),
+                key,
+            )
         })
     }
 
     fn unwrap(&mut self, stanza: &Stanza) -> Result<DataKey, BackendError> {
         let sealed = SealedObject::from_stanza(stanza)?;
-        let device = self.device.clone();
-        retrying(&device, || unseal_once(&device, &sealed))
+        let device = &self.device;
+        retrying(device, || unseal_once(device, &sealed))
     }
 }
 
