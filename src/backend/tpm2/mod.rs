@@ -697,13 +697,19 @@ fn fail(device: &str, e: TpmError) -> Fail {
             format!("the TPM at {device} is in dictionary-attack lockout"),
             "sesame's objects are noDA and never cause it; wait for the lockout to expire or clear it with the lockout authorisation (tpm2_dictionarylockout -c)",
         ),
-        (Cause::Rc(_), Some(RcClass::AuthFail)) => refused(
-            format!(
-                "the TPM refused the owner authorisation ({}): the owner hierarchy has a password",
-                e.describe()
-            ),
-            "provision the standard SRK at 0x81000001 once with the owner password (then sesame needs no owner authorisation), or clear the owner password",
-        ),
+        // Only the owner-hierarchy commands use the owner authorisation
+        // (empty); elsewhere an AUTH_FAIL is an ordinary refusal below.
+        (Cause::Rc(_), Some(RcClass::AuthFail))
+            if matches!(e.step, Step::CreateSrk | Step::EvictControl) =>
+        {
+            refused(
+                format!(
+                    "the TPM refused the owner authorisation ({}): the owner hierarchy has a password",
+                    e.describe()
+                ),
+                "provision the standard SRK at 0x81000001 once with the owner password (then sesame needs no owner authorisation), or clear the owner password",
+            )
+        }
         (Cause::Rc(_), Some(RcClass::Hierarchy)) => refused(
             format!("the owner hierarchy of the TPM at {device} is disabled ({})", e.describe()),
             "enable the owner hierarchy (it is on by default; tpm2_hierarchycontrol)",
@@ -719,7 +725,11 @@ fn fail(device: &str, e: TpmError) -> Fail {
             format!("the TPM policy is not satisfied ({})", e.describe()),
             "check with sesame inspect --tpm2-device; seal again if the machine state changed on purpose",
         ),
-        (Cause::Rc(code), _) if code & 0x00FF_0000 == 0 || code & 0x00FF_0000 == 11 << 16 => refused(
+        (Cause::Rc(_), Some(RcClass::NotOperational)) => unavailable(
+            format!("the TPM at {device} is not operational ({})", e.describe()),
+            "the TPM is not started or is in failure mode; reboot, and if it persists check the firmware TPM settings (sesame tpm2 info)",
+        ),
+        (Cause::Rc(code), _) if rc::is_tpm_answer(*code) => refused(
             format!("the TPM at {device} refused: {}", e.describe()),
             "run sesame tpm2 info to check the TPM",
         ),
@@ -957,6 +967,52 @@ mod tests {
             fail("x", e(Cause::BadTcti, Step::Connect)),
             Fail::Final(BackendError::Config { .. })
         ));
+    }
+
+    #[test]
+    fn tpm_not_started_or_failed_is_unavailable() {
+        let e = |code| TpmError {
+            step: Step::Unseal,
+            cause: Cause::Rc(code),
+        };
+        // TPM_RC_INITIALIZE, TPM_RC_FAILURE (also relayed by /dev/tpmrm0).
+        for code in [0x100, 0x101, 0xb0101] {
+            assert!(
+                matches!(
+                    fail("x", e(code)),
+                    Fail::Final(BackendError::Unavailable { .. })
+                ),
+                "{code:#x}"
+            );
+        }
+        // Another TPM answer without a class is a refusal; an ESAPI-layer
+        // code is not the TPM's answer.
+        assert!(matches!(
+            fail("x", e(0x143)),
+            Fail::Final(BackendError::Refused { .. })
+        ));
+        assert!(matches!(
+            fail("x", e(0x7000b)),
+            Fail::Final(BackendError::Unavailable { .. })
+        ));
+    }
+
+    #[test]
+    fn only_owner_commands_blame_an_owner_password() {
+        let reason = |step| match fail(
+            "x",
+            TpmError {
+                step,
+                cause: Cause::Rc(0x9a2),
+            },
+        ) {
+            Fail::Final(BackendError::Refused { reason, .. }) => reason,
+            _ => panic!("not a refusal"),
+        };
+        assert!(reason(Step::CreateSrk).contains("owner hierarchy has a password"));
+        assert!(reason(Step::EvictControl).contains("owner hierarchy has a password"));
+        assert!(!reason(Step::Unseal).contains("owner"));
+        assert!(!reason(Step::Create).contains("owner"));
     }
 
     #[test]
