@@ -500,6 +500,37 @@ fn phpmailer_under_sesame_exec_sends_with_credentials_from_its_environment() {
     expect_code(&exec(&["/nonexistent/sesame-test-command"]), 127);
 }
 
+#[test]
+fn exec_does_not_hand_sesames_own_tss2_log_to_the_command() {
+    let tpm = Swtpm::start();
+    let work = tempfile::tempdir().unwrap();
+    let sealed = work.path().join("s.sealed");
+    let out = common::run_with_stdin(
+        tpm.sesame().args(["seal", "--tpm2", "--out"]).arg(&sealed),
+        br#"{"username":"u","password":"p"}"#,
+    );
+    expect_code(&out, 0);
+    let exec = |tss2_log: Option<&str>| {
+        let mut cmd = tpm.sesame();
+        cmd.arg("exec")
+            .arg(&sealed)
+            .args(["--", "sh", "-c", "echo ${TSS2_LOG-unset}"]);
+        match tss2_log {
+            Some(level) => cmd.env("TSS2_LOG", level),
+            None => cmd.env_remove("TSS2_LOG"),
+        };
+        let out = run(&mut cmd);
+        let stderr = expect_code(&out, 0);
+        // libtss2 stayed quiet for sesame either way.
+        assert!(stderr.is_empty(), "{stderr}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // The caller had none: sesame set it for itself only.
+    assert_eq!(exec(None), "unset");
+    // The caller's own choice is passed on unchanged.
+    assert_eq!(exec(Some("all+NONE")), "all+NONE");
+}
+
 /// Reads everything from the environment sesame exec set; only the CA file
 /// (not a secret) comes on argv.
 const PHP_SCRIPT: &str = r#"<?php

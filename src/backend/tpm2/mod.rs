@@ -24,7 +24,7 @@ use tss_esapi::structures::{Private, Public};
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
 
 pub use policy::{parse_pcr_list, Bank, PcrSelection};
-pub use tpm::SRK_HANDLE;
+pub use tpm::{tss_log_was_set_by_us, SRK_HANDLE};
 
 use crate::backend::{BackendError, KeyBackend};
 use crate::format::{FormatError, Stanza};
