@@ -222,19 +222,17 @@ impl PreflightReport {
 }
 
 /// Checks, without unsealing, whether the TPM at `device` would release the
-/// key of `stanza` now: same SRK, and every sealed PCR at its sealed value.
-/// Costs one `ReadPublic` (or a `CreatePrimary` and flush) and one
-/// `PCR_Read` per eight PCRs.
+/// key of a stanza now (its [`binding`]): same SRK, and every sealed PCR at
+/// its sealed value. Costs one `ReadPublic` (or a `CreatePrimary` and flush)
+/// and one `PCR_Read` per eight PCRs.
 ///
 /// # Errors
-/// [`BackendError::Stanza`] for a malformed stanza; the usual TPM errors
-/// (unavailable, busy) otherwise.
-pub fn preflight(stanza: &Stanza, device: &str) -> Result<PreflightReport, BackendError> {
-    let sealed = SealedObject::from_stanza(stanza)?;
+/// The usual TPM errors (unavailable, busy).
+pub fn preflight(binding: &Binding, device: &str) -> Result<PreflightReport, BackendError> {
     retrying(device, || {
         let mut tpm = Tpm::open(device).map_err(|e| fail(device, e))?;
         let srk = tpm
-            .srk_named(&sealed.srk_name)
+            .srk_named(&binding.srk_name)
             .map_err(|e| fail(device, e))?;
         let mut report = PreflightReport {
             device: device.to_owned(),
@@ -244,7 +242,7 @@ pub fn preflight(stanza: &Stanza, device: &str) -> Result<PreflightReport, Backe
         };
         if let Some(srk) = srk {
             tpm.release_srk(srk).map_err(|e| fail(device, e))?;
-            if let Policy::Pcrs { selection, values } = &sealed.policy {
+            if let Some((selection, values)) = &binding.pcrs {
                 let current = tpm.read_pcrs(selection).map_err(|e| fail(device, e))?;
                 report.bank = Some(selection.bank());
                 report.pcrs = pcr_checks(selection, values, current);
@@ -839,30 +837,56 @@ fn pcrs_changed(tpm: &mut Tpm, device: &str, selection: &PcrSelection, sealed: &
                 .collect();
             if changed.is_empty() {
                 // Changed back between PolicyPCR and PCR_Read: racing extends.
-                "the selected PCRs changed while checking".to_owned()
+                PCRS_RACED.to_owned()
             } else {
                 format!(
-                    "{} PCR {} changed since sealing",
+                    "{} PCR {}{PCRS_CHANGED}",
                     selection.bank(),
                     changed.join(",")
                 )
             }
         }
         Err(e) => format!(
-            "{} PCRs {} changed since sealing (reading them failed: {})",
+            "{} PCRs {}{PCRS_CHANGED} (reading them failed: {})",
             selection.bank(),
             selection.list(),
             e.describe()
         ),
     };
-    Fail::Final(BackendError::Refused {
+    Fail::Final(pcr_refusal(device, selection, &which))
+}
+
+/// How every PCR refusal's `which` part ends (or continues, when reading the
+/// PCRs failed) and [`PCRS_RACED`]: what [`pcr_drift`] recognises.
+const PCRS_CHANGED: &str = " changed since sealing";
+const PCRS_RACED: &str = "the selected PCRs changed while checking";
+/// Between the device and the `which` part of a refusal.
+const REFUSED: &str = " refused: ";
+
+fn pcr_refusal(device: &str, selection: &PcrSelection, which: &str) -> BackendError {
+    BackendError::Refused {
         backend: KIND,
-        reason: format!("the TPM at {device} refused: {which}"),
+        reason: format!("the TPM at {device}{REFUSED}{which}"),
         hint: format!(
             "the boot state differs from when this file was sealed with --tpm2-pcrs {} (firmware, bootloader or Secure Boot dbx update?); if that is expected, unseal with another backend of the file and seal again (`sesame inspect --tpm2-device` shows the check)",
             selection.list()
         ),
-    })
+    }
+}
+
+/// If `e` is this backend's refusal because the sealed PCR policy no longer
+/// holds, which PCRs changed (e.g. `sha256 PCR 7 changed since sealing`), so
+/// that a caller who just tried to unseal need not ask the TPM again.
+pub fn pcr_drift(e: &BackendError) -> Option<&str> {
+    match e {
+        BackendError::Refused {
+            backend, reason, ..
+        } if *backend == KIND => {
+            let (_, which) = reason.split_once(REFUSED)?;
+            (which.contains(PCRS_CHANGED) || which == PCRS_RACED).then_some(which)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -967,6 +991,32 @@ mod tests {
             fail("x", e(Cause::BadTcti, Step::Connect)),
             Fail::Final(BackendError::Config { .. })
         ));
+    }
+
+    #[test]
+    fn pcr_refusals_are_recognised_and_nothing_else() {
+        let sel = PcrSelection::new(Bank::Sha256, &[0, 7]).unwrap();
+        let which = "sha256 PCR 7 changed since sealing";
+        assert_eq!(
+            pcr_drift(&pcr_refusal("swtpm:port=1", &sel, which)),
+            Some(which)
+        );
+        assert_eq!(
+            pcr_drift(&pcr_refusal("x", &sel, PCRS_RACED)),
+            Some(PCRS_RACED)
+        );
+        let other = match fail(
+            "x",
+            TpmError {
+                step: Step::Load,
+                cause: Cause::Rc(0x143),
+            },
+        ) {
+            Fail::Final(e) => e,
+            Fail::Retry(_) => panic!("retry"),
+        };
+        assert!(matches!(other, BackendError::Refused { .. }));
+        assert_eq!(pcr_drift(&other), None);
     }
 
     #[test]
