@@ -95,7 +95,8 @@ fn installed_unit_is_the_packaged_text_and_scores_at_most_1_5() {
     assert!(drop_in.contains("Before=httpd.service\n"), "{drop_in}");
     assert!(drop_in.contains("Wants=dev-tpmrm0.device\n"), "{drop_in}");
     assert!(drop_in.contains(
-        "ExecStart=/usr/bin/sesame systemd run %i --output exim:passwd.client,group=0,mode=0640 \
+        "ExecStart=/usr/bin/sesame systemd run %i --tpm2-device device:/dev/tpmrm0 \
+         --output exim:passwd.client,group=0,mode=0640 \
          --output value:username,group=0,mode=0640 --output value:password,group=0,mode=0640 \
          --output env:env,prefix=SES_,mode=0600\n"
     ));
@@ -128,6 +129,80 @@ fn installed_unit_is_the_packaged_text_and_scores_at_most_1_5() {
     expect_code(&out, 0);
     let score = exposure(root.path(), "sesame-unseal@hsm.service");
     assert!(score <= MAX_EXPOSURE, "pkcs11 instance: {score}");
+}
+
+/// The drop-in for the TPM `systemd run` will use at boot: resolved at
+/// install like every command resolves it (flag, SESAME_TPM2_DEVICE, the
+/// tpm2_device setting), pinned in ExecStart= and allowed by the sandbox.
+#[test]
+fn install_pins_the_configured_tpm_device() {
+    let root = tempfile::tempdir().unwrap();
+    let drop_in = |name: &str| {
+        fs::read_to_string(
+            unit_dir(root.path()).join(format!("sesame-unseal@{name}.service.d/50-sesame.conf")),
+        )
+        .unwrap()
+    };
+
+    // From the environment: another device node.
+    let out = run(sesame()
+        .args(["systemd", "install", "env", "--root"])
+        .arg(root.path())
+        .env("SESAME_TPM2_DEVICE", "device:/dev/tpm0"));
+    expect_code(&out, 0);
+    let text = drop_in("env");
+    assert!(text.contains("Wants=dev-tpm0.device\n"), "{text}");
+    assert!(text.contains("After=dev-tpm0.device\n"), "{text}");
+    assert!(text.contains("DeviceAllow=/dev/tpm0 rw\n"), "{text}");
+    assert!(
+        text.contains(" systemd run %i --tpm2-device device:/dev/tpm0 "),
+        "{text}"
+    );
+    let score = exposure(root.path(), "sesame-unseal@env.service");
+    assert!(score <= MAX_EXPOSURE, "/dev/tpm0 instance: {score}");
+
+    // From sesame.toml: a TCP TCTI, which no DeviceAllow= can reach; the
+    // installer says the sandbox needs --network.
+    let config = root.path().join("sesame.toml");
+    fs::write(
+        &config,
+        "tpm2_device = \"swtpm:host=127.0.0.1,port=2321\"\n",
+    )
+    .unwrap();
+    let install_with_config = |name: &str, extra: &[&str]| {
+        run(sesame()
+            .args(["systemd", "install", name, "--root"])
+            .arg(root.path())
+            .args(extra)
+            .env("SESAME_CONFIG", &config))
+    };
+    let out = install_with_config("toml", &[]);
+    expect_code(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains("note: TPM TCTI swtpm:") && stdout.contains("--network"),
+        "{stdout}"
+    );
+    let text = drop_in("toml");
+    assert!(
+        !text.contains("Wants=dev-") && !text.contains("DeviceAllow"),
+        "{text}"
+    );
+    assert!(
+        text.contains(" --tpm2-device swtpm:host=127.0.0.1,port=2321 "),
+        "{text}"
+    );
+    let out = install_with_config("net", &["--network"]);
+    expect_code(&out, 0);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("note: TPM"));
+    assert!(drop_in("net").contains("PrivateNetwork=no\n"));
+    // The flag wins over the setting; PKCS#11-only instances name no TPM.
+    let out = install_with_config("flag", &["--tpm2-device", "device:/dev/tpmrm0"]);
+    expect_code(&out, 0);
+    assert!(drop_in("flag").contains(" --tpm2-device device:/dev/tpmrm0 "));
+    let out = install_with_config("hsm", &["--backend", "pkcs11"]);
+    expect_code(&out, 0);
+    assert!(!drop_in("hsm").contains("tpm"), "{}", drop_in("hsm"));
 }
 
 #[test]
