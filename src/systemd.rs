@@ -628,6 +628,14 @@ mod tests {
             assert!(codes.contains(&code), "{code} missing from {line}");
         }
         assert!(!codes.contains(&75));
+        // A panic: exit 101 (debug builds), SIGABRT (release: panic = "abort").
+        assert!(codes.contains(&101), "{line}");
+        for signal in ["SIGABRT", "SIGTERM", "SIGKILL"] {
+            assert!(
+                line.split_whitespace().any(|w| w == signal),
+                "{signal}: {line}"
+            );
+        }
         assert!(TEMPLATE.contains("\nRestart=on-failure\n"));
         assert!(TEMPLATE.contains("\nType=oneshot\n"));
         assert!(TEMPLATE.contains("\nRemainAfterExit=yes\n"));
