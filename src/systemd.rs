@@ -366,9 +366,13 @@ impl Instance {
     }
 
     /// The argument vector of the unit's `ExecStart=` (`%i` unexpanded).
+    /// Always `--log-format json`, as in the template: journald then keeps
+    /// one JSON audit event per boot unseal (docs/audit.md).
     pub fn exec_start(&self) -> Vec<String> {
         let mut argv = vec![
             self.binary.clone(),
+            "--log-format".into(),
+            "json".into(),
             "systemd".into(),
             "run".into(),
             "%i".into(),
@@ -560,7 +564,7 @@ mod tests {
         let text = instance().drop_in().unwrap();
         assert!(text.contains("Wants=dev-tpmrm0.device\n"));
         assert!(text.contains(
-            "ExecStart=\nExecStart=/usr/bin/sesame systemd run %i --output exim:passwd.client,mode=0600 --output env:env,mode=0600\n"
+            "ExecStart=\nExecStart=/usr/bin/sesame --log-format json systemd run %i --output exim:passwd.client,mode=0600 --output env:env,mode=0600\n"
         ));
         assert!(!text.contains("PrivateNetwork"));
 
@@ -643,6 +647,8 @@ mod tests {
         assert!(TEMPLATE.contains("\nDevicePolicy=closed\n"));
         assert!(TEMPLATE.contains("\nDeviceAllow=/dev/tpmrm0 rw\n"));
         assert!(TEMPLATE.contains(&format!("\nBefore={}\n", DEFAULT_BEFORE.join(" "))));
-        assert!(TEMPLATE.contains(&format!("\nExecStart={DEFAULT_BINARY} systemd run %i\n")));
+        assert!(TEMPLATE.contains(&format!(
+            "\nExecStart={DEFAULT_BINARY} --log-format json systemd run %i\n"
+        )));
     }
 }

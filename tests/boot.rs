@@ -95,7 +95,8 @@ fn installed_unit_is_the_packaged_text_and_scores_at_most_1_5() {
     assert!(drop_in.contains("Before=httpd.service\n"), "{drop_in}");
     assert!(drop_in.contains("Wants=dev-tpmrm0.device\n"), "{drop_in}");
     assert!(drop_in.contains(
-        "ExecStart=/usr/bin/sesame systemd run %i --tpm2-device device:/dev/tpmrm0 \
+        "ExecStart=/usr/bin/sesame --log-format json systemd run %i \
+         --tpm2-device device:/dev/tpmrm0 \
          --output exim:passwd.client,group=0,mode=0640 \
          --output value:username,group=0,mode=0640 --output value:password,group=0,mode=0640 \
          --output env:env,prefix=SES_,mode=0600\n"
@@ -377,6 +378,16 @@ fn run_unit_step(argv: &[String], runtime_dir: &Path) -> std::process::Output {
     run(sesame().args(argv).env("RUNTIME_DIRECTORY", runtime_dir))
 }
 
+/// The audit events on a unit step's stderr (what journald stores): the
+/// unit's `--log-format json` makes each one a JSON line.
+fn audit_events(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "sesame::audit")
+        .collect()
+}
+
 /// The group Exim's processes run as on this system.
 fn exim_account() -> &'static str {
     for name in ["Debian-exim", "exim", "mailnull"] {
@@ -486,7 +497,14 @@ fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
         ],
     );
     let run_dir = runtime_directory();
-    expect_code(&run_unit_step(&argv, run_dir.path()), 0);
+    let stderr = expect_code(&run_unit_step(&argv, run_dir.path()), 0);
+    // One JSON audit event for the boot unseal.
+    let events = audit_events(&stderr);
+    assert_eq!(events.len(), 1, "{stderr}");
+    assert_eq!(events[0]["event"], "unseal");
+    assert_eq!(events[0]["outcome"], "ok");
+    assert_eq!(events[0]["backend"], "tpm2");
+    assert!(!stderr.contains(SES_PASSWORD));
 
     let passwd_client = run_dir.path().join("passwd.client");
     let meta = fs::metadata(&passwd_client).unwrap();
@@ -667,6 +685,13 @@ fn after_a_pcr_extend_nothing_is_written_and_exim_fails_closed() {
     let run_dir = runtime_directory();
     let stderr = expect_code(&run_unit_step(&argv, run_dir.path()), 77);
     assert!(stderr.contains("PCR 16"), "{stderr}");
+    let events = audit_events(&stderr);
+    assert_eq!(events.len(), 1, "{stderr}");
+    assert_eq!(events[0]["outcome"], "failed");
+    assert!(
+        events[0]["reason"].as_str().unwrap().contains("PCR 16"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(SES_PASSWORD));
     let left: Vec<_> = fs::read_dir(run_dir.path()).unwrap().collect();
     assert!(
