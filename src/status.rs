@@ -116,17 +116,21 @@ impl Drift {
     }
 }
 
-/// The hook through which a backend reports PCR drift without unsealing: it
-/// reads the current PCR values and compares them with the policy recorded in
-/// the stanza. The TPM backend implements it; any stanza type without an
-/// implementation is reported as [`Drift::Unknown`] if it names PCRs, and
-/// [`Drift::NotApplicable`] otherwise.
+/// The hook through which a backend reports PCR drift: from the unseal
+/// attempt [`examine`] just made when that settles it (the key was released,
+/// so the policy held; or the backend refused naming the changed PCRs), else
+/// by reading the current PCR values and comparing them with the policy
+/// recorded in the stanza, without unsealing. The TPM backend implements it;
+/// any stanza type without an implementation is reported as
+/// [`Drift::Unknown`] if it names PCRs, and [`Drift::NotApplicable`]
+/// otherwise.
 pub trait PolicyPreflight {
     /// The stanza type this preflight understands, e.g. `"tpm2"`.
     fn kind(&self) -> &'static str;
 
-    /// Compares the stanza's sealed policy with the machine's current state.
-    fn drift(&mut self, stanza: &Stanza) -> Drift;
+    /// Compares the stanza's sealed policy with the machine's current state;
+    /// `probe` is the unseal attempt just made with this stanza.
+    fn drift(&mut self, stanza: &Stanza, probe: &Probe) -> Drift;
 }
 
 /// The result of trying one stanza.
@@ -277,7 +281,7 @@ pub fn examine(
         };
         let pcrs = stanza.field("pcrs").map(str::to_owned);
         let drift = match preflights.iter_mut().find(|p| p.kind() == stanza.kind) {
-            Some(p) => p.drift(stanza),
+            Some(p) => p.drift(stanza, &probe),
             None if pcrs.as_deref().is_some_and(|p| p != "none") => Drift::Unknown(format!(
                 "this build cannot read {} PCR policies without unsealing",
                 stanza.kind
@@ -546,7 +550,7 @@ mod tests {
             fn kind(&self) -> &'static str {
                 "a"
             }
-            fn drift(&mut self, _stanza: &Stanza) -> Drift {
+            fn drift(&mut self, _stanza: &Stanza, _probe: &Probe) -> Drift {
                 Drift::Changed("PCR 7".into())
             }
         }

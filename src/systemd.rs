@@ -300,7 +300,12 @@ pub struct Instance {
     pub before: Vec<String>,
     /// Which backends to try.
     pub backend: InstanceBackend,
-    /// `--tpm2-device` for `run`, if not the default.
+    /// The TCTI `run` uses, written into `ExecStart=` as `--tpm2-device`
+    /// and, for a `device:` TCTI, allowed by the sandbox. `sesame systemd
+    /// install` always resolves one (flag, `SESAME_TPM2_DEVICE`, the
+    /// `tpm2_device` setting, default) unless the instance is PKCS#11-only.
+    /// `None`: `run` resolves it at boot and the sandbox assumes
+    /// `/dev/tpmrm0`.
     pub tpm2_device: Option<String>,
     /// `--pkcs11-pin-source` for `run`.
     pub pkcs11_pin_source: Option<String>,
@@ -334,10 +339,40 @@ impl Instance {
         }
     }
 
+    /// What the drop-in cannot arrange and the installer should say: a TCTI
+    /// that is not a device node the sandbox can allow.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let tcti = match (&self.backend, &self.tpm2_device) {
+            (InstanceBackend::Pkcs11, _) | (_, None) => return notes,
+            (_, Some(tcti)) => tcti,
+        };
+        if self.tpm_device_node().is_some() {
+            return notes;
+        }
+        if tcti == "device" || tcti.starts_with("device:") {
+            notes.push(format!(
+                "TPM TCTI {tcti} does not name a device node /dev/NAME the unit can allow \
+                 (DevicePolicy=closed); add DeviceAllow= for it to the drop-in"
+            ));
+        } else if !self.network {
+            notes.push(format!(
+                "TPM TCTI {tcti} is not a device: the unit gets no TPM device dependency, \
+                 and its sandbox has no network (PrivateNetwork=yes); a TCP TCTI \
+                 (swtpm, mssim) needs --network"
+            ));
+        }
+        notes
+    }
+
     /// The argument vector of the unit's `ExecStart=` (`%i` unexpanded).
+    /// Always `--log-format json`, as in the template: journald then keeps
+    /// one JSON audit event per boot unseal (docs/audit.md).
     pub fn exec_start(&self) -> Vec<String> {
         let mut argv = vec![
             self.binary.clone(),
+            "--log-format".into(),
+            "json".into(),
             "systemd".into(),
             "run".into(),
             "%i".into(),
@@ -529,7 +564,7 @@ mod tests {
         let text = instance().drop_in().unwrap();
         assert!(text.contains("Wants=dev-tpmrm0.device\n"));
         assert!(text.contains(
-            "ExecStart=\nExecStart=/usr/bin/sesame systemd run %i --output exim:passwd.client,mode=0600 --output env:env,mode=0600\n"
+            "ExecStart=\nExecStart=/usr/bin/sesame --log-format json systemd run %i --output exim:passwd.client,mode=0600 --output env:env,mode=0600\n"
         ));
         assert!(!text.contains("PrivateNetwork"));
 
@@ -551,6 +586,28 @@ mod tests {
         let text = t.drop_in().unwrap();
         assert!(text.contains("Wants=dev-tpmrm1.device\n"));
         assert!(text.contains("DeviceAllow=/dev/tpmrm1 rw\n"));
+        assert!(text.contains(" --tpm2-device device:/dev/tpmrm1 "));
+        assert!(t.notes().is_empty());
+
+        // The default device, named: no extra DeviceAllow (the template's).
+        t.tpm2_device = Some("device:/dev/tpmrm0".into());
+        let text = t.drop_in().unwrap();
+        assert!(text.contains("Wants=dev-tpmrm0.device\n"));
+        assert!(!text.contains("DeviceAllow"));
+
+        // A TCP TCTI: no device, and a note about the network.
+        t.tpm2_device = Some("swtpm:host=127.0.0.1,port=2321".into());
+        let text = t.drop_in().unwrap();
+        assert!(!text.contains("Wants=dev-"));
+        assert!(!text.contains("DeviceAllow"));
+        assert!(text.contains(" --tpm2-device swtpm:host=127.0.0.1,port=2321 "));
+        assert!(t.notes()[0].contains("--network"), "{:?}", t.notes());
+        t.network = true;
+        assert!(t.notes().is_empty());
+        t.tpm2_device = Some("device:/tmp/tpm".into());
+        assert!(t.notes()[0].contains("DeviceAllow="), "{:?}", t.notes());
+        t.backend = InstanceBackend::Pkcs11;
+        assert!(t.notes().is_empty());
 
         let mut bad = instance();
         bad.before = vec!["a.service b.service".into()];
@@ -575,6 +632,14 @@ mod tests {
             assert!(codes.contains(&code), "{code} missing from {line}");
         }
         assert!(!codes.contains(&75));
+        // A panic: exit 101 (debug builds), SIGABRT (release: panic = "abort").
+        assert!(codes.contains(&101), "{line}");
+        for signal in ["SIGABRT", "SIGTERM", "SIGKILL"] {
+            assert!(
+                line.split_whitespace().any(|w| w == signal),
+                "{signal}: {line}"
+            );
+        }
         assert!(TEMPLATE.contains("\nRestart=on-failure\n"));
         assert!(TEMPLATE.contains("\nType=oneshot\n"));
         assert!(TEMPLATE.contains("\nRemainAfterExit=yes\n"));
@@ -582,6 +647,8 @@ mod tests {
         assert!(TEMPLATE.contains("\nDevicePolicy=closed\n"));
         assert!(TEMPLATE.contains("\nDeviceAllow=/dev/tpmrm0 rw\n"));
         assert!(TEMPLATE.contains(&format!("\nBefore={}\n", DEFAULT_BEFORE.join(" "))));
-        assert!(TEMPLATE.contains(&format!("\nExecStart={DEFAULT_BINARY} systemd run %i\n")));
+        assert!(TEMPLATE.contains(&format!(
+            "\nExecStart={DEFAULT_BINARY} --log-format json systemd run %i\n"
+        )));
     }
 }

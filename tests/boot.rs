@@ -95,7 +95,9 @@ fn installed_unit_is_the_packaged_text_and_scores_at_most_1_5() {
     assert!(drop_in.contains("Before=httpd.service\n"), "{drop_in}");
     assert!(drop_in.contains("Wants=dev-tpmrm0.device\n"), "{drop_in}");
     assert!(drop_in.contains(
-        "ExecStart=/usr/bin/sesame systemd run %i --output exim:passwd.client,group=0,mode=0640 \
+        "ExecStart=/usr/bin/sesame --log-format json systemd run %i \
+         --tpm2-device device:/dev/tpmrm0 \
+         --output exim:passwd.client,group=0,mode=0640 \
          --output value:username,group=0,mode=0640 --output value:password,group=0,mode=0640 \
          --output env:env,prefix=SES_,mode=0600\n"
     ));
@@ -128,6 +130,80 @@ fn installed_unit_is_the_packaged_text_and_scores_at_most_1_5() {
     expect_code(&out, 0);
     let score = exposure(root.path(), "sesame-unseal@hsm.service");
     assert!(score <= MAX_EXPOSURE, "pkcs11 instance: {score}");
+}
+
+/// The drop-in for the TPM `systemd run` will use at boot: resolved at
+/// install like every command resolves it (flag, SESAME_TPM2_DEVICE, the
+/// tpm2_device setting), pinned in ExecStart= and allowed by the sandbox.
+#[test]
+fn install_pins_the_configured_tpm_device() {
+    let root = tempfile::tempdir().unwrap();
+    let drop_in = |name: &str| {
+        fs::read_to_string(
+            unit_dir(root.path()).join(format!("sesame-unseal@{name}.service.d/50-sesame.conf")),
+        )
+        .unwrap()
+    };
+
+    // From the environment: another device node.
+    let out = run(sesame()
+        .args(["systemd", "install", "env", "--root"])
+        .arg(root.path())
+        .env("SESAME_TPM2_DEVICE", "device:/dev/tpm0"));
+    expect_code(&out, 0);
+    let text = drop_in("env");
+    assert!(text.contains("Wants=dev-tpm0.device\n"), "{text}");
+    assert!(text.contains("After=dev-tpm0.device\n"), "{text}");
+    assert!(text.contains("DeviceAllow=/dev/tpm0 rw\n"), "{text}");
+    assert!(
+        text.contains(" systemd run %i --tpm2-device device:/dev/tpm0 "),
+        "{text}"
+    );
+    let score = exposure(root.path(), "sesame-unseal@env.service");
+    assert!(score <= MAX_EXPOSURE, "/dev/tpm0 instance: {score}");
+
+    // From sesame.toml: a TCP TCTI, which no DeviceAllow= can reach; the
+    // installer says the sandbox needs --network.
+    let config = root.path().join("sesame.toml");
+    fs::write(
+        &config,
+        "tpm2_device = \"swtpm:host=127.0.0.1,port=2321\"\n",
+    )
+    .unwrap();
+    let install_with_config = |name: &str, extra: &[&str]| {
+        run(sesame()
+            .args(["systemd", "install", name, "--root"])
+            .arg(root.path())
+            .args(extra)
+            .env("SESAME_CONFIG", &config))
+    };
+    let out = install_with_config("toml", &[]);
+    expect_code(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains("note: TPM TCTI swtpm:") && stdout.contains("--network"),
+        "{stdout}"
+    );
+    let text = drop_in("toml");
+    assert!(
+        !text.contains("Wants=dev-") && !text.contains("DeviceAllow"),
+        "{text}"
+    );
+    assert!(
+        text.contains(" --tpm2-device swtpm:host=127.0.0.1,port=2321 "),
+        "{text}"
+    );
+    let out = install_with_config("net", &["--network"]);
+    expect_code(&out, 0);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("note: TPM"));
+    assert!(drop_in("net").contains("PrivateNetwork=no\n"));
+    // The flag wins over the setting; PKCS#11-only instances name no TPM.
+    let out = install_with_config("flag", &["--tpm2-device", "device:/dev/tpmrm0"]);
+    expect_code(&out, 0);
+    assert!(drop_in("flag").contains(" --tpm2-device device:/dev/tpmrm0 "));
+    let out = install_with_config("hsm", &["--backend", "pkcs11"]);
+    expect_code(&out, 0);
+    assert!(!drop_in("hsm").contains("tpm"), "{}", drop_in("hsm"));
 }
 
 #[test]
@@ -302,6 +378,16 @@ fn run_unit_step(argv: &[String], runtime_dir: &Path) -> std::process::Output {
     run(sesame().args(argv).env("RUNTIME_DIRECTORY", runtime_dir))
 }
 
+/// The audit events on a unit step's stderr (what journald stores): the
+/// unit's `--log-format json` makes each one a JSON line.
+fn audit_events(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "sesame::audit")
+        .collect()
+}
+
 /// The group Exim's processes run as on this system.
 fn exim_account() -> &'static str {
     for name in ["Debian-exim", "exim", "mailnull"] {
@@ -411,7 +497,14 @@ fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
         ],
     );
     let run_dir = runtime_directory();
-    expect_code(&run_unit_step(&argv, run_dir.path()), 0);
+    let stderr = expect_code(&run_unit_step(&argv, run_dir.path()), 0);
+    // One JSON audit event for the boot unseal.
+    let events = audit_events(&stderr);
+    assert_eq!(events.len(), 1, "{stderr}");
+    assert_eq!(events[0]["event"], "unseal");
+    assert_eq!(events[0]["outcome"], "ok");
+    assert_eq!(events[0]["backend"], "tpm2");
+    assert!(!stderr.contains(SES_PASSWORD));
 
     let passwd_client = run_dir.path().join("passwd.client");
     let meta = fs::metadata(&passwd_client).unwrap();
@@ -500,6 +593,37 @@ fn phpmailer_under_sesame_exec_sends_with_credentials_from_its_environment() {
     expect_code(&exec(&["/nonexistent/sesame-test-command"]), 127);
 }
 
+#[test]
+fn exec_does_not_hand_sesames_own_tss2_log_to_the_command() {
+    let tpm = Swtpm::start();
+    let work = tempfile::tempdir().unwrap();
+    let sealed = work.path().join("s.sealed");
+    let out = common::run_with_stdin(
+        tpm.sesame().args(["seal", "--tpm2", "--out"]).arg(&sealed),
+        br#"{"username":"u","password":"p"}"#,
+    );
+    expect_code(&out, 0);
+    let exec = |tss2_log: Option<&str>| {
+        let mut cmd = tpm.sesame();
+        cmd.arg("exec")
+            .arg(&sealed)
+            .args(["--", "sh", "-c", "echo ${TSS2_LOG-unset}"]);
+        match tss2_log {
+            Some(level) => cmd.env("TSS2_LOG", level),
+            None => cmd.env_remove("TSS2_LOG"),
+        };
+        let out = run(&mut cmd);
+        let stderr = expect_code(&out, 0);
+        // libtss2 stayed quiet for sesame either way.
+        assert!(stderr.is_empty(), "{stderr}");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // The caller had none: sesame set it for itself only.
+    assert_eq!(exec(None), "unset");
+    // The caller's own choice is passed on unchanged.
+    assert_eq!(exec(Some("all+NONE")), "all+NONE");
+}
+
 /// Reads everything from the environment sesame exec set; only the CA file
 /// (not a secret) comes on argv.
 const PHP_SCRIPT: &str = r#"<?php
@@ -561,6 +685,13 @@ fn after_a_pcr_extend_nothing_is_written_and_exim_fails_closed() {
     let run_dir = runtime_directory();
     let stderr = expect_code(&run_unit_step(&argv, run_dir.path()), 77);
     assert!(stderr.contains("PCR 16"), "{stderr}");
+    let events = audit_events(&stderr);
+    assert_eq!(events.len(), 1, "{stderr}");
+    assert_eq!(events[0]["outcome"], "failed");
+    assert!(
+        events[0]["reason"].as_str().unwrap().contains("PCR 16"),
+        "{stderr}"
+    );
     assert!(!stderr.contains(SES_PASSWORD));
     let left: Vec<_> = fs::read_dir(run_dir.path()).unwrap().collect();
     assert!(

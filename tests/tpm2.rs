@@ -308,6 +308,51 @@ fn inspect_preflight_before_and_after_a_pcr_extend() {
 }
 
 #[test]
+fn status_settles_pcr_drift_from_its_one_unseal() {
+    let tpm = Swtpm::start_logged();
+    let dir = tempfile::tempdir().unwrap();
+    let file = seal(&tpm, dir.path(), "7");
+    let status = || {
+        let mark = tpm.log_mark();
+        let out = run(tpm.sesame().arg("status").arg(&file));
+        (out, names(&tpm.commands_since(mark)))
+    };
+    // Unsealed: the policy held, so drift is "unchanged" with no second
+    // session (no PCR_Read, one ReadPublic/CreatePrimary).
+    let (out, commands) = status();
+    expect_code(&out, 0);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("PCR drift: unchanged"), "{text}");
+    assert_eq!(
+        commands,
+        [
+            "ReadPublic",
+            "CreatePrimary",
+            "StartAuthSession",
+            "Load",
+            "PolicyPCR",
+            "Unseal",
+            "FlushContext",
+            "FlushContext"
+        ]
+    );
+    // Refused: the refusal's one PCR_Read names the PCR; nothing more.
+    tpm.extend_pcr(7);
+    let (out, commands) = status();
+    expect_code(&out, 2);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("PCR drift: changed (sha256 PCR 7 changed since sealing)"),
+        "{text}"
+    );
+    let count = |name: &str| commands.iter().filter(|c| **c == name).count();
+    assert_eq!(count("ReadPublic"), 1, "{commands:?}");
+    assert_eq!(count("CreatePrimary"), 1, "{commands:?}");
+    assert_eq!(count("PCR_Read"), 1, "{commands:?}");
+    tpm.assert_clean("status");
+}
+
+#[test]
 fn secret_never_appears_in_verbose_output() {
     let tpm = Swtpm::start();
     let dir = tempfile::tempdir().unwrap();

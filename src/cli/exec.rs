@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use clap::Args;
+use sesame::backend::tpm2;
 use sesame::output;
 use sesame::secret::SecretDocument;
 
@@ -60,6 +61,11 @@ pub fn run(ctx: &Context, args: ExecArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::output(&what, e))?;
     let mut command = Command::new(program);
     command.args(rest);
+    // The TPM backend quiets libtss2 by setting TSS2_LOG when the caller had
+    // none; that is sesame's business, not COMMAND's (which may use the TSS).
+    if tpm2::tss_log_was_set_by_us() {
+        command.env_remove("TSS2_LOG");
+    }
     for (name, value) in pairs {
         command.env(name, value);
     }

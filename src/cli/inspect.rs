@@ -106,7 +106,8 @@ fn hex(bytes: &[u8]) -> String {
 /// The binding of a TPM2 stanza and, with a device, whether it would unseal
 /// now. Never fails `inspect`: problems become text.
 fn tpm2_notes(stanza: &Stanza, device: Option<&str>) -> Tpm2Notes {
-    let (binding_text, binding_json) = match tpm2::binding(stanza) {
+    let binding = tpm2::binding(stanza);
+    let (binding_text, binding_json) = match &binding {
         Ok(b) => {
             let srk = hex(&b.srk_name);
             match &b.pcrs {
@@ -134,7 +135,7 @@ fn tpm2_notes(stanza: &Stanza, device: Option<&str>) -> Tpm2Notes {
             "not checked (no TPM here; pass --tpm2-device)".to_owned(),
             json!({ "checked": false }),
         ),
-        Some(device) => match tpm2::preflight(stanza, device) {
+        Some(device) => match binding.and_then(|b| tpm2::preflight(&b, device)) {
             Ok(r) if !r.same_tpm => (
                 format!("WOULD FAIL: sealed to a different TPM than {device}"),
                 json!({ "checked": true, "device": device, "ok": false, "same_tpm": false, "changed_pcrs": [] }),

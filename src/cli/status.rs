@@ -52,9 +52,11 @@ impl Entry {
     }
 }
 
-/// PCR drift from the TPM backend's pre-flight: reads the current PCR values
-/// and compares them with the values the stanza was sealed against, without
-/// unsealing anything.
+/// PCR drift of TPM stanzas. The unseal `status` just attempted usually
+/// settles it: a released key means the policy held, and the backend's PCR
+/// refusal names the changed PCRs. Only after another failure (or no attempt)
+/// does this ask the TPM again, reading the current PCR values and comparing
+/// them with the sealed ones, without unsealing.
 struct Tpm2Preflight {
     device: String,
 }
@@ -64,11 +66,23 @@ impl PolicyPreflight for Tpm2Preflight {
         tpm2::KIND
     }
 
-    fn drift(&mut self, stanza: &Stanza) -> Drift {
+    fn drift(&mut self, stanza: &Stanza, probe: &Probe) -> Drift {
         if stanza.field("pcrs") == Some("none") {
             return Drift::NotApplicable;
         }
-        match tpm2::preflight(stanza, &self.device) {
+        match probe {
+            // The TPM released the key (Tampered: it did, but the payload
+            // did not open): the PCR policy held a moment ago.
+            Probe::Unsealed | Probe::Tampered => return Drift::Unchanged,
+            Probe::Failed(e) => {
+                if let Some(which) = tpm2::pcr_drift(e) {
+                    return Drift::Changed(which.to_owned());
+                }
+            }
+            Probe::NoBackend => {}
+        }
+        let report = tpm2::binding(stanza).and_then(|b| tpm2::preflight(&b, &self.device));
+        match report {
             Err(e) => Drift::Unknown(e.to_string()),
             Ok(report) if !report.same_tpm => Drift::Unknown(format!(
                 "{} is not the TPM this was sealed to",

@@ -10,7 +10,7 @@ use sesame::output;
 use sesame::systemd::{self, Instance, InstanceBackend, OutputSpec, SystemdError};
 use zeroize::Zeroizing;
 
-use super::backends::{BackendKind, UnsealBackendArgs};
+use super::backends::{BackendKind, Tpm2DeviceArg, UnsealBackendArgs};
 use super::unseal::unseal_file;
 use super::{exit, CliError, Context};
 
@@ -61,9 +61,11 @@ pub struct InstallArgs {
     /// Unseal only with this backend (without tpm2, no TPM device dependency).
     #[arg(long, value_enum)]
     backend: Option<BackendKind>,
-    /// TPM TCTI the unit uses [default: device:/dev/tpmrm0].
-    #[arg(long, value_name = "TCTI")]
-    tpm2_device: Option<String>,
+    /// The TPM the unit uses: resolved now like every command resolves it
+    /// (this flag, SESAME_TPM2_DEVICE, the tpm2_device setting, default)
+    /// and written into the drop-in with the device access it needs.
+    #[command(flatten)]
+    tpm2_device: Tpm2DeviceArg,
     /// PIN source for PKCS#11 (`file:PATH`), if not the one in the sealed file.
     #[arg(long, value_name = "SOURCE")]
     pkcs11_pin_source: Option<String>,
@@ -112,7 +114,7 @@ pub struct RunArgs {
 
 pub fn run(ctx: &Context, args: SystemdArgs) -> Result<(), CliError> {
     match args.command {
-        SystemdCommand::Install(a) => install(a),
+        SystemdCommand::Install(a) => install(ctx, a),
         SystemdCommand::Run(a) => run_instance(ctx, a),
         SystemdCommand::Template => {
             let mut stdout = std::io::stdout().lock();
@@ -132,23 +134,27 @@ fn usage(what: &str, e: SystemdError) -> CliError {
     )
 }
 
-fn install(args: InstallArgs) -> Result<(), CliError> {
+fn install(ctx: &Context, args: InstallArgs) -> Result<(), CliError> {
     let what = format!("install sesame-unseal@{}.service", args.name);
     let outputs = if args.outputs.is_empty() {
         OutputSpec::defaults()
     } else {
         args.outputs
     };
+    let backend = match args.backend {
+        None => InstanceBackend::Any,
+        Some(BackendKind::Tpm2) => InstanceBackend::Tpm2,
+        Some(BackendKind::Pkcs11) => InstanceBackend::Pkcs11,
+    };
+    // Pinned in the drop-in: at boot `run` would resolve the same settings,
+    // but the sandbox (DeviceAllow=) must be written for that device now.
+    let tpm2_device = (backend != InstanceBackend::Pkcs11).then(|| args.tpm2_device.resolve(ctx));
     let instance = Instance {
         name: args.name.clone(),
         outputs,
         before: args.before,
-        backend: match args.backend {
-            None => InstanceBackend::Any,
-            Some(BackendKind::Tpm2) => InstanceBackend::Tpm2,
-            Some(BackendKind::Pkcs11) => InstanceBackend::Pkcs11,
-        },
-        tpm2_device: args.tpm2_device,
+        backend,
+        tpm2_device,
         pkcs11_pin_source: args.pkcs11_pin_source,
         devices: args.device,
         read_write: args.read_write,
@@ -211,6 +217,9 @@ fn install(args: InstallArgs) -> Result<(), CliError> {
         }
         for path in &written {
             writeln!(out, "wrote {path}")?;
+        }
+        for note in instance.notes() {
+            writeln!(out, "note: {note}")?;
         }
         if !sealed.exists() {
             writeln!(

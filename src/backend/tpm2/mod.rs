@@ -24,7 +24,7 @@ use tss_esapi::structures::{Private, Public};
 use tss_esapi::traits::{Marshall as _, UnMarshall as _};
 
 pub use policy::{parse_pcr_list, Bank, PcrSelection};
-pub use tpm::SRK_HANDLE;
+pub use tpm::{tss_log_was_set_by_us, SRK_HANDLE};
 
 use crate::backend::{BackendError, KeyBackend};
 use crate::format::{FormatError, Stanza};
@@ -131,18 +131,21 @@ impl KeyBackend for Tpm2Backend {
     }
 
     fn wrap(&mut self, key: &DataKey) -> Result<Stanza, BackendError> {
-        let device = self.device.clone();
-        let selection = self.selection.clone();
-        let expect_srk = self.expect_srk.clone();
-        retrying(&device, || {
-            seal_once(&device, selection.as_ref(), expect_srk.as_deref(), key)
+        let this = &*self;
+        retrying(&this.device, || {
+            seal_once(
+                &this.device,
+                this.selection.as_ref(),
+                this.expect_srk.as_deref(),
+                key,
+            )
         })
     }
 
     fn unwrap(&mut self, stanza: &Stanza) -> Result<DataKey, BackendError> {
         let sealed = SealedObject::from_stanza(stanza)?;
-        let device = self.device.clone();
-        retrying(&device, || unseal_once(&device, &sealed))
+        let device = &self.device;
+        retrying(device, || unseal_once(device, &sealed))
     }
 }
 
@@ -219,19 +222,17 @@ impl PreflightReport {
 }
 
 /// Checks, without unsealing, whether the TPM at `device` would release the
-/// key of `stanza` now: same SRK, and every sealed PCR at its sealed value.
-/// Costs one `ReadPublic` (or a `CreatePrimary` and flush) and one
-/// `PCR_Read` per eight PCRs.
+/// key of a stanza now (its [`binding`]): same SRK, and every sealed PCR at
+/// its sealed value. Costs one `ReadPublic` (or a `CreatePrimary` and flush)
+/// and one `PCR_Read` per eight PCRs.
 ///
 /// # Errors
-/// [`BackendError::Stanza`] for a malformed stanza; the usual TPM errors
-/// (unavailable, busy) otherwise.
-pub fn preflight(stanza: &Stanza, device: &str) -> Result<PreflightReport, BackendError> {
-    let sealed = SealedObject::from_stanza(stanza)?;
+/// The usual TPM errors (unavailable, busy).
+pub fn preflight(binding: &Binding, device: &str) -> Result<PreflightReport, BackendError> {
     retrying(device, || {
         let mut tpm = Tpm::open(device).map_err(|e| fail(device, e))?;
         let srk = tpm
-            .srk_named(&sealed.srk_name)
+            .srk_named(&binding.srk_name)
             .map_err(|e| fail(device, e))?;
         let mut report = PreflightReport {
             device: device.to_owned(),
@@ -241,7 +242,7 @@ pub fn preflight(stanza: &Stanza, device: &str) -> Result<PreflightReport, Backe
         };
         if let Some(srk) = srk {
             tpm.release_srk(srk).map_err(|e| fail(device, e))?;
-            if let Policy::Pcrs { selection, values } = &sealed.policy {
+            if let Some((selection, values)) = &binding.pcrs {
                 let current = tpm.read_pcrs(selection).map_err(|e| fail(device, e))?;
                 report.bank = Some(selection.bank());
                 report.pcrs = pcr_checks(selection, values, current);
@@ -694,13 +695,19 @@ fn fail(device: &str, e: TpmError) -> Fail {
             format!("the TPM at {device} is in dictionary-attack lockout"),
             "sesame's objects are noDA and never cause it; wait for the lockout to expire or clear it with the lockout authorisation (tpm2_dictionarylockout -c)",
         ),
-        (Cause::Rc(_), Some(RcClass::AuthFail)) => refused(
-            format!(
-                "the TPM refused the owner authorisation ({}): the owner hierarchy has a password",
-                e.describe()
-            ),
-            "provision the standard SRK at 0x81000001 once with the owner password (then sesame needs no owner authorisation), or clear the owner password",
-        ),
+        // Only the owner-hierarchy commands use the owner authorisation
+        // (empty); elsewhere an AUTH_FAIL is an ordinary refusal below.
+        (Cause::Rc(_), Some(RcClass::AuthFail))
+            if matches!(e.step, Step::CreateSrk | Step::EvictControl) =>
+        {
+            refused(
+                format!(
+                    "the TPM refused the owner authorisation ({}): the owner hierarchy has a password",
+                    e.describe()
+                ),
+                "provision the standard SRK at 0x81000001 once with the owner password (then sesame needs no owner authorisation), or clear the owner password",
+            )
+        }
         (Cause::Rc(_), Some(RcClass::Hierarchy)) => refused(
             format!("the owner hierarchy of the TPM at {device} is disabled ({})", e.describe()),
             "enable the owner hierarchy (it is on by default; tpm2_hierarchycontrol)",
@@ -716,7 +723,11 @@ fn fail(device: &str, e: TpmError) -> Fail {
             format!("the TPM policy is not satisfied ({})", e.describe()),
             "check with sesame inspect --tpm2-device; seal again if the machine state changed on purpose",
         ),
-        (Cause::Rc(code), _) if code & 0x00FF_0000 == 0 || code & 0x00FF_0000 == 11 << 16 => refused(
+        (Cause::Rc(_), Some(RcClass::NotOperational)) => unavailable(
+            format!("the TPM at {device} is not operational ({})", e.describe()),
+            "the TPM is not started or is in failure mode; reboot, and if it persists check the firmware TPM settings (sesame tpm2 info)",
+        ),
+        (Cause::Rc(code), _) if rc::is_tpm_answer(*code) => refused(
             format!("the TPM at {device} refused: {}", e.describe()),
             "run sesame tpm2 info to check the TPM",
         ),
@@ -797,8 +808,14 @@ fn unseal_once(device: &str, sealed: &SealedObject) -> Result<DataKey, Fail> {
         }
     }
     let data = tpm.unseal(session, object).map_err(f)?;
-    tpm.flush(object.into()).map_err(f)?;
-    tpm.release_srk(srk).map_err(f)?;
+    // The key is out: a failed flush must not turn this into a failure (or a
+    // retry that unseals again). `Tpm`'s Drop tries the flush once more.
+    if let Err(e) = tpm.flush(object.into()) {
+        tracing::debug!(backend = KIND, error = %e.describe(), "flushing the sealed object failed (ignored)");
+    }
+    if let Err(e) = tpm.release_srk(srk) {
+        tracing::debug!(backend = KIND, error = %e.describe(), "flushing the transient SRK failed (ignored)");
+    }
     DataKey::from_slice(data.value()).ok_or_else(|| {
         Fail::Final(BackendError::Refused {
             backend: KIND,
@@ -820,30 +837,56 @@ fn pcrs_changed(tpm: &mut Tpm, device: &str, selection: &PcrSelection, sealed: &
                 .collect();
             if changed.is_empty() {
                 // Changed back between PolicyPCR and PCR_Read: racing extends.
-                "the selected PCRs changed while checking".to_owned()
+                PCRS_RACED.to_owned()
             } else {
                 format!(
-                    "{} PCR {} changed since sealing",
+                    "{} PCR {}{PCRS_CHANGED}",
                     selection.bank(),
                     changed.join(",")
                 )
             }
         }
         Err(e) => format!(
-            "{} PCRs {} changed since sealing (reading them failed: {})",
+            "{} PCRs {}{PCRS_CHANGED} (reading them failed: {})",
             selection.bank(),
             selection.list(),
             e.describe()
         ),
     };
-    Fail::Final(BackendError::Refused {
+    Fail::Final(pcr_refusal(device, selection, &which))
+}
+
+/// How every PCR refusal's `which` part ends (or continues, when reading the
+/// PCRs failed) and [`PCRS_RACED`]: what [`pcr_drift`] recognises.
+const PCRS_CHANGED: &str = " changed since sealing";
+const PCRS_RACED: &str = "the selected PCRs changed while checking";
+/// Between the device and the `which` part of a refusal.
+const REFUSED: &str = " refused: ";
+
+fn pcr_refusal(device: &str, selection: &PcrSelection, which: &str) -> BackendError {
+    BackendError::Refused {
         backend: KIND,
-        reason: format!("the TPM at {device} refused: {which}"),
+        reason: format!("the TPM at {device}{REFUSED}{which}"),
         hint: format!(
             "the boot state differs from when this file was sealed with --tpm2-pcrs {} (firmware, bootloader or Secure Boot dbx update?); if that is expected, unseal with another backend of the file and seal again (`sesame inspect --tpm2-device` shows the check)",
             selection.list()
         ),
-    })
+    }
+}
+
+/// If `e` is this backend's refusal because the sealed PCR policy no longer
+/// holds, which PCRs changed (e.g. `sha256 PCR 7 changed since sealing`), so
+/// that a caller who just tried to unseal need not ask the TPM again.
+pub fn pcr_drift(e: &BackendError) -> Option<&str> {
+    match e {
+        BackendError::Refused {
+            backend, reason, ..
+        } if *backend == KIND => {
+            let (_, which) = reason.split_once(REFUSED)?;
+            (which.contains(PCRS_CHANGED) || which == PCRS_RACED).then_some(which)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -948,6 +991,78 @@ mod tests {
             fail("x", e(Cause::BadTcti, Step::Connect)),
             Fail::Final(BackendError::Config { .. })
         ));
+    }
+
+    #[test]
+    fn pcr_refusals_are_recognised_and_nothing_else() {
+        let sel = PcrSelection::new(Bank::Sha256, &[0, 7]).unwrap();
+        let which = "sha256 PCR 7 changed since sealing";
+        assert_eq!(
+            pcr_drift(&pcr_refusal("swtpm:port=1", &sel, which)),
+            Some(which)
+        );
+        assert_eq!(
+            pcr_drift(&pcr_refusal("x", &sel, PCRS_RACED)),
+            Some(PCRS_RACED)
+        );
+        let other = match fail(
+            "x",
+            TpmError {
+                step: Step::Load,
+                cause: Cause::Rc(0x143),
+            },
+        ) {
+            Fail::Final(e) => e,
+            Fail::Retry(_) => panic!("retry"),
+        };
+        assert!(matches!(other, BackendError::Refused { .. }));
+        assert_eq!(pcr_drift(&other), None);
+    }
+
+    #[test]
+    fn tpm_not_started_or_failed_is_unavailable() {
+        let e = |code| TpmError {
+            step: Step::Unseal,
+            cause: Cause::Rc(code),
+        };
+        // TPM_RC_INITIALIZE, TPM_RC_FAILURE (also relayed by /dev/tpmrm0).
+        for code in [0x100, 0x101, 0xb0101] {
+            assert!(
+                matches!(
+                    fail("x", e(code)),
+                    Fail::Final(BackendError::Unavailable { .. })
+                ),
+                "{code:#x}"
+            );
+        }
+        // Another TPM answer without a class is a refusal; an ESAPI-layer
+        // code is not the TPM's answer.
+        assert!(matches!(
+            fail("x", e(0x143)),
+            Fail::Final(BackendError::Refused { .. })
+        ));
+        assert!(matches!(
+            fail("x", e(0x7000b)),
+            Fail::Final(BackendError::Unavailable { .. })
+        ));
+    }
+
+    #[test]
+    fn only_owner_commands_blame_an_owner_password() {
+        let reason = |step| match fail(
+            "x",
+            TpmError {
+                step,
+                cause: Cause::Rc(0x9a2),
+            },
+        ) {
+            Fail::Final(BackendError::Refused { reason, .. }) => reason,
+            _ => panic!("not a refusal"),
+        };
+        assert!(reason(Step::CreateSrk).contains("owner hierarchy has a password"));
+        assert!(reason(Step::EvictControl).contains("owner hierarchy has a password"));
+        assert!(!reason(Step::Unseal).contains("owner"));
+        assert!(!reason(Step::Create).contains("owner"));
     }
 
     #[test]

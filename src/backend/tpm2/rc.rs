@@ -52,6 +52,10 @@ pub enum RcClass {
     BadBlob,
     /// The hierarchy is disabled (TPM_RC_HIERARCHY).
     Hierarchy,
+    /// The TPM cannot serve any command: not started (TPM_RC_INITIALIZE),
+    /// in failure mode (TPM_RC_FAILURE) or waiting for a reboot
+    /// (TPM_RC_REBOOT). Not a refusal of this request.
+    NotOperational,
     /// Anything else.
     Other,
 }
@@ -73,7 +77,7 @@ pub fn classify(rc: u32) -> RcClass {
     if layer == LAYER_TCTI || layer == LAYER_RESMGR {
         return RcClass::Unreachable;
     }
-    if layer != LAYER_TPM && layer != LAYER_RESMGR_TPM {
+    if !is_tpm_answer(rc) {
         return RcClass::Other;
     }
     let code = rc & 0xFFFF;
@@ -98,9 +102,18 @@ pub fn classify(rc: u32) -> RcClass {
         };
     }
     match code {
+        0x100 | 0x101 | 0x130 => RcClass::NotOperational,
         0x14C => RcClass::NvDefined,
         _ => RcClass::Other,
     }
+}
+
+/// Whether a raw `TSS2_RC` is the TPM's own answer (directly, or relayed by
+/// a resource manager) rather than a transport, ESAPI or other TSS-layer
+/// error.
+pub fn is_tpm_answer(rc: u32) -> bool {
+    let layer = rc & LAYER_MASK;
+    layer == LAYER_TPM || layer == LAYER_RESMGR_TPM
 }
 
 #[cfg(test)]
@@ -125,5 +138,19 @@ mod tests {
         assert_eq!(classify(0xb0922), RcClass::Transient);
         // An ESAPI-layer code is not a TPM answer.
         assert_eq!(classify(0x7000b), RcClass::Other);
+        // Not started, failure mode, needs a reboot.
+        assert_eq!(classify(0x100), RcClass::NotOperational);
+        assert_eq!(classify(0x101), RcClass::NotOperational);
+        assert_eq!(classify(0xb0101), RcClass::NotOperational);
+        assert_eq!(classify(0x130), RcClass::NotOperational);
+    }
+
+    #[test]
+    fn tpm_answers_are_told_from_tss_errors() {
+        assert!(is_tpm_answer(0x1c4));
+        assert!(is_tpm_answer(0xb0922));
+        assert!(!is_tpm_answer(0xa000a));
+        assert!(!is_tpm_answer(0x7000b));
+        assert!(!is_tpm_answer(0xc0001));
     }
 }

@@ -8,6 +8,7 @@
 //! visible in the code.
 
 use std::str::FromStr as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tss_esapi::abstraction::pcr;
 use tss_esapi::attributes::{ObjectAttributesBuilder, SessionAttributesBuilder};
@@ -185,6 +186,9 @@ impl Drop for Tpm {
     }
 }
 
+/// Set once sesame itself put `TSS2_LOG` into the process environment.
+static TSS_LOG_SET_BY_US: AtomicBool = AtomicBool::new(false);
+
 /// Sets `TSS2_LOG=all+NONE` unless the user chose a level: libtss2 otherwise
 /// prints its own warnings to stderr for every refused command, which breaks
 /// our one-line error contract.
@@ -193,7 +197,15 @@ fn quiet_tss_logging() {
         // Edition 2021: set_var is safe. sesame calls this before any thread
         // that reads the environment exists (the CLI is single-threaded).
         std::env::set_var("TSS2_LOG", "all+NONE");
+        TSS_LOG_SET_BY_US.store(true, Ordering::Relaxed);
     }
+}
+
+/// Whether `TSS2_LOG` in this process's environment is sesame's own (set
+/// because the caller had none), so that a child such as `sesame exec`'s
+/// COMMAND should not inherit it.
+pub fn tss_log_was_set_by_us() -> bool {
+    TSS_LOG_SET_BY_US.load(Ordering::Relaxed)
 }
 
 impl Tpm {
