@@ -10,7 +10,6 @@ use std::process::Command;
 use clap::Args;
 use sesame::backend::tpm2;
 use sesame::output;
-use sesame::secret::SecretDocument;
 
 use super::backends::UnsealBackendArgs;
 use super::unseal::unseal_file;
@@ -45,8 +44,7 @@ pub struct ExecArgs {
 
 pub fn run(ctx: &Context, args: ExecArgs) -> Result<(), CliError> {
     // A bad prefix is a usage error: catch it before touching the hardware.
-    output::env_pairs(&SecretDocument::new(), &args.env_prefix)
-        .map_err(|e| CliError::output("exec", e))?;
+    output::check_prefix(&args.env_prefix).map_err(|e| CliError::output("exec", e))?;
     let Some((program, rest)) = args.command.split_first() else {
         // clap enforces `required = true`; kept as an error, not a panic.
         return Err(CliError::usage(

@@ -318,8 +318,7 @@ fn run_instance(ctx: &Context, args: RunArgs) -> Result<(), CliError> {
             .transpose()
             .map_err(|e| CliError::io(format!("write {}", path.display()), e))?;
         if spec.format == output::OutputFormat::Env {
-            output::env_pairs(&sesame::secret::SecretDocument::new(), &spec.env_prefix)
-                .map_err(|e| CliError::output(&what, e))?;
+            output::check_prefix(&spec.env_prefix).map_err(|e| CliError::output(&what, e))?;
         }
         let options = WriteOptions {
             mode: spec.mode,
