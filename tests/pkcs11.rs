@@ -292,6 +292,83 @@ fn created_keys_are_sensitive_and_never_extractable() {
     );
 }
 
+/// Makes a key with pkcs11-tool (an independent client), with `flags` such
+/// as `--extractable`.
+fn pkcs11_tool_keygen(hsm: &SoftHsm, label: &str, key_type: &str, flags: &[&str]) {
+    let generate = if key_type.starts_with("AES") {
+        "--keygen"
+    } else {
+        "--keypairgen"
+    };
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .arg("--module")
+        .arg(SoftHsm::module_path())
+        .args(["--token-label", hsm.token(), "--login", "--pin", hsm.pin()])
+        .args([generate, "--key-type", key_type, "--label", label])
+        .args(["--usage-decrypt"])
+        .args(flags)
+        .output()
+        .expect("run pkcs11-tool (is opensc installed?)");
+    assert!(
+        out.status.success(),
+        "pkcs11-tool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn keys_that_can_leave_the_token_are_refused() {
+    let hsm = SoftHsm::new("sesame");
+    pkcs11_tool_keygen(&hsm, "aes-ext", "AES:32", &["--sensitive", "--extractable"]);
+    pkcs11_tool_keygen(&hsm, "aes-plain", "AES:32", &[]);
+    pkcs11_tool_keygen(
+        &hsm,
+        "rsa-ext",
+        "rsa:2048",
+        &["--sensitive", "--extractable"],
+    );
+    let out_path = sealed_path(&hsm, "refused");
+    for (label, needle) in [
+        (
+            "aes-ext",
+            "it is extractable (CKA_EXTRACTABLE is not false)",
+        ),
+        (
+            "aes-plain",
+            "it is not sensitive (CKA_SENSITIVE is not true)",
+        ),
+        (
+            "rsa-ext",
+            "its private key is extractable (CKA_EXTRACTABLE is not false)",
+        ),
+    ] {
+        let out = seal(
+            &hsm,
+            &out_path,
+            &hsm.uri(label),
+            &["--pkcs11-oaep-hash", "sha1"],
+        );
+        let line = assert_error_line(&out, 78, "seal", needle);
+        assert!(
+            line.contains(&format!("refusing to seal to key {label:?}")),
+            "{line}"
+        );
+        assert!(line.contains("create-key"), "{line}");
+        assert!(!out_path.exists());
+    }
+    // Without a PIN only the public key is visible: sealing works and says
+    // the private key could not be checked.
+    let out = seal(
+        &hsm,
+        &out_path,
+        &hsm.uri_without_pin("rsa-ext"),
+        &["-v", "--pkcs11-oaep-hash", "sha1"],
+    );
+    let stderr = expect_code(&out, 0);
+    assert!(stderr.contains("cannot be checked"), "{stderr}");
+}
+
 #[test]
 fn wrong_pin_is_refused() {
     let hsm = SoftHsm::new("sesame");

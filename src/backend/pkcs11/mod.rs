@@ -36,7 +36,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use zeroize::Zeroizing;
 
-use self::token::{show_id, Access, PinSupply, Token, Usage, PIN_HINT};
+use self::token::{show_id, Access, PinSupply, Protection, Token, Usage, PIN_HINT};
 pub use self::uri::{ObjectType, Pkcs11Uri, UriError};
 use crate::backend::{BackendError, KeyBackend};
 use crate::format::{FormatError, Stanza};
@@ -311,6 +311,7 @@ impl KeyBackend for Pkcs11Backend {
         let pin = pin_supply(self.pin_override.as_ref(), &mut self.pin_prompt, &uri)?;
         let token = Token::open(&uri, Access::ReadOnly, pin)?;
         let seal_key = select_seal_key(&token, &uri)?;
+        require_non_extractable(&token, &uri, &seal_key)?;
         if let Some((mechanism, key_id)) = &self.reseal_of {
             let (found, handle) = match &seal_key {
                 SealKey::Aes(h) => ("aes-gcm", *h),
@@ -730,6 +731,60 @@ fn select_seal_key(token: &Token, uri: &Pkcs11Uri) -> Result<SealKey, BackendErr
             reason: format!("several keys match {}", uri.describe()),
             hint: "add id= or type= to the URI to name one key".into(),
         }),
+    }
+}
+
+/// Refuses to seal to a key whose value can leave the token: the data key
+/// would then be only as safe as every copy of that key. An AES key must be
+/// sensitive and non-extractable (and never have been extractable, where the
+/// token says). For RSA the secret half is the private key: checked the same
+/// way when logged in; without a PIN only the public key is visible, so the
+/// admin must have made the pair with `create-key` or checked it.
+fn require_non_extractable(
+    token: &Token,
+    uri: &Pkcs11Uri,
+    key: &SealKey,
+) -> Result<(), BackendError> {
+    let check = |subject: &str, handle: ObjectHandle| -> Result<(), BackendError> {
+        let protection: Protection = token.protection(handle)?;
+        tracing::debug!(key = subject, ?protection, "key export attributes");
+        match protection.weakness() {
+            None => Ok(()),
+            Some(why) => Err(BackendError::Config {
+                backend: KIND,
+                reason: format!("refusing to seal to {}: {subject} {why}", uri.describe()),
+                hint: "seal to a key made with `sesame pkcs11 create-key URI --type aes|rsa`, or one with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false (see docs/pkcs11.md)".into(),
+            }),
+        }
+    };
+    match *key {
+        SealKey::Aes(handle) => check("it", handle),
+        SealKey::Rsa(public) => {
+            if !token.logged_in {
+                tracing::info!(
+                    token = %token.label,
+                    "sealing to an RSA public key without a PIN: whether its private key is non-extractable cannot be checked; make sure it was made with `sesame pkcs11 create-key` or check it"
+                );
+                return Ok(());
+            }
+            let id = token.id_of(public)?;
+            let private = token.find(
+                uri,
+                ObjectClass::PRIVATE_KEY,
+                KeyType::RSA,
+                Some(id.as_slice()).filter(|id| !id.is_empty()),
+            )?;
+            if private.is_empty() {
+                tracing::warn!(
+                    token = %token.label,
+                    key_id = %show_id(&id),
+                    "the RSA private key is not on this token: whether it is non-extractable cannot be checked"
+                );
+            }
+            private
+                .into_iter()
+                .try_for_each(|handle| check("its private key", handle))
+        }
     }
 }
 
