@@ -17,7 +17,10 @@ pub struct Config {
     pub tpm2_pcrs: Option<String>,
     /// Default PCR bank.
     pub tpm2_pcr_bank: Option<String>,
-    /// Default PIN source for PKCS#11 unseal (`file:PATH`).
+    /// Default PKCS#11 PIN source (`file:PATH`) for every command: used only
+    /// for a URI without its own `pin-source`; `--pkcs11-pin-source` wins
+    /// over both. (Unlike the other settings this is a default under the
+    /// URI, not under the flag alone.)
     pub pkcs11_pin_source: Option<String>,
     /// Log format: `text` or `json`.
     pub log_format: Option<String>,

@@ -1,6 +1,7 @@
 //! Where a token PIN comes from. The PIN is a secret: it is read into a
 //! [`Pin`] and never logged, printed or passed on a command line.
 
+use std::io::Read as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,14 @@ pub enum PinError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The PIN file is larger than any PIN.
+    #[error("PIN file {path} is larger than {max} bytes")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The limit in bytes.
+        max: usize,
+    },
     /// The PIN file is empty.
     #[error("PIN file {0} is empty")]
     Empty(PathBuf),
@@ -76,8 +85,15 @@ impl PinSource {
     }
 }
 
+/// Largest accepted PIN file (PKCS#11 PINs are far shorter).
+pub const MAX_PIN_FILE: usize = 4096;
+
 /// Reads a PIN file: refuses group/world-readable files, takes the first line
 /// without its line ending.
+///
+/// The file is opened once and its permissions are checked on the open
+/// descriptor, so a file swapped in between the check and the read is not
+/// read.
 ///
 /// # Errors
 /// A [`PinError`].
@@ -86,7 +102,8 @@ pub fn read_pin_file(path: &Path) -> Result<Pin, PinError> {
         path: path.to_owned(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(err)?;
+    let mut file = std::fs::File::open(path).map_err(err)?;
+    let meta = file.metadata().map_err(err)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(PinError::TooOpen {
@@ -94,7 +111,18 @@ pub fn read_pin_file(path: &Path) -> Result<Pin, PinError> {
             mode,
         });
     }
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(err)?);
+    // Sized for the limit up front: a growing Vec would leave unwiped copies.
+    let mut bytes = Zeroizing::new(Vec::with_capacity(MAX_PIN_FILE + 1));
+    (&mut file)
+        .take(MAX_PIN_FILE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(err)?;
+    if bytes.len() > MAX_PIN_FILE {
+        return Err(PinError::TooLarge {
+            path: path.to_owned(),
+            max: MAX_PIN_FILE,
+        });
+    }
     let text = std::str::from_utf8(&bytes).map_err(|_| {
         err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -131,5 +159,9 @@ mod tests {
         fs::write(&path, "").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(source.read(), Err(PinError::Empty(_))));
+        fs::write(&path, vec![b'1'; MAX_PIN_FILE + 1]).unwrap();
+        assert!(matches!(source.read(), Err(PinError::TooLarge { .. })));
+        fs::write(&path, vec![b'1'; MAX_PIN_FILE]).unwrap();
+        assert_eq!(source.read().unwrap().expose_secret().len(), MAX_PIN_FILE);
     }
 }

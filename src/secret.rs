@@ -3,6 +3,7 @@
 //! None of these types implement `Debug`, `Display` or `Serialize` in a way that
 //! could print their contents; every buffer is wiped when dropped.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -58,23 +59,38 @@ impl FieldName {
     /// Longest accepted field name.
     pub const MAX_LEN: usize = 64;
 
-    /// Parses a field name.
+    /// Parses a field name the user typed as such (a flag value like
+    /// `--field`): the error quotes it.
+    ///
+    /// Not for names read from secret input, where a mistyped line may put
+    /// part of a secret where the name should be: use [`FieldName::parse`].
     ///
     /// # Errors
     /// [`DocumentError::InvalidFieldName`] unless it matches `[A-Za-z_][A-Za-z0-9_]*`.
     pub fn new(name: &str) -> Result<Self, DocumentError> {
+        Self::parse(name).ok_or_else(|| DocumentError::InvalidFieldName(printable(name)))
+    }
+
+    /// Parses a field name; `None` unless it matches `[A-Za-z_][A-Za-z0-9_]*`
+    /// and is at most [`FieldName::MAX_LEN`] bytes. The caller reports the
+    /// failure without quoting the text.
+    pub fn parse(name: &str) -> Option<Self> {
         let mut chars = name.chars();
         let valid_start = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_');
         let valid_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if valid_start && valid_rest && name.len() <= Self::MAX_LEN {
-            Ok(Self(name.to_owned()))
-        } else {
-            Err(DocumentError::InvalidFieldName(printable(name)))
-        }
+        (valid_start && valid_rest && name.len() <= Self::MAX_LEN).then(|| Self(name.to_owned()))
     }
 
     /// The name as text.
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+// Sound: `Eq`, `Ord` and `Hash` are derived from the inner `String`, which
+// agree with `str`'s.
+impl Borrow<str> for FieldName {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }
@@ -110,9 +126,25 @@ impl<'de> Deserialize<'de> for SecretValue {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DocumentError {
-    /// A field name outside `[A-Za-z_][A-Za-z0-9_]*` (the name is shown, it is not secret).
+    /// A field name given as a flag value (e.g. `--field`) outside
+    /// `[A-Za-z_][A-Za-z0-9_]*` (the name is shown: the user typed it as a name).
     #[error("field name {0:?} is not a valid name (use letters, digits and _, not starting with a digit)")]
     InvalidFieldName(String),
+    /// A `KEY=VALUE` line whose text before the first `=` is not a valid
+    /// field name. The text is not shown: a mistyped line (`password: x=y`,
+    /// a base64 value with `=` padding) would put a secret there.
+    #[error("line {line}: the text before '=' is not a valid field name ([A-Za-z_][A-Za-z0-9_]*)")]
+    InvalidLineKey {
+        /// 1-based line number.
+        line: usize,
+    },
+    /// A JSON object key that is not a valid field name. The key is not
+    /// shown, for the same reason as [`DocumentError::InvalidLineKey`].
+    #[error("the {} key of the JSON object is not a valid field name ([A-Za-z_][A-Za-z0-9_]*)", Ordinal(*.position))]
+    InvalidJsonKey {
+        /// 1-based position of the key in the object.
+        position: usize,
+    },
     /// The same field twice.
     #[error("field {0} appears twice")]
     DuplicateField(String),
@@ -160,10 +192,7 @@ impl SecretDocument {
 
     /// Looks up a field by name.
     pub fn get(&self, name: &str) -> Option<&SecretValue> {
-        self.fields
-            .iter()
-            .find(|(k, _)| k.as_str() == name)
-            .map(|(_, v)| v)
+        self.fields.get(name)
     }
 
     /// Fields in name order.
@@ -215,6 +244,9 @@ impl SecretDocument {
     /// # Errors
     /// As [`SecretDocument::parse_input`].
     pub fn from_json(input: &[u8]) -> Result<Self, DocumentError> {
+        // Limitation: serde_json unescapes a string containing `\` escapes
+        // into its internal scratch buffer, which it frees without wiping;
+        // escape-free values are borrowed from `input` and not copied there.
         let mut de = serde_json::Deserializer::from_slice(input);
         let doc = DocumentSeed
             .deserialize_any_doc(&mut de)
@@ -239,10 +271,10 @@ impl SecretDocument {
                     number + 1
                 )));
             };
-            doc.insert(
-                FieldName::new(key.trim())?,
-                SecretValue::new(value.to_owned()),
-            )?;
+            let line = number + 1;
+            let name =
+                FieldName::parse(key.trim()).ok_or(DocumentError::InvalidLineKey { line })?;
+            doc.insert(name, SecretValue::new(value.to_owned()))?;
         }
         Ok(doc)
     }
@@ -305,6 +337,23 @@ fn json_error_summary(e: &serde_json::Error) -> String {
     format!("{what} at line {} column {}", e.line(), e.column())
 }
 
+/// `1st`, `2nd`, `3rd`, `4th`, … `11th`, `12th`, `13th`, … `21st`.
+struct Ordinal(usize);
+
+impl fmt::Display for Ordinal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        let suffix = match (n % 10, n % 100) {
+            (_, 11..=13) => "th",
+            (1, _) => "st",
+            (2, _) => "nd",
+            (3, _) => "rd",
+            _ => "th",
+        };
+        write!(f, "{n}{suffix}")
+    }
+}
+
 /// Replaces control characters so a (non-secret) name can be shown on one line.
 pub(crate) fn printable(s: &str) -> String {
     s.chars()
@@ -338,12 +387,17 @@ impl<'de> Visitor<'de> for DocumentVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut doc = SecretDocument::new();
         let mut first_error = None;
-        while let Some(key) = map.next_key::<String>()? {
+        let mut position = 0;
+        // The key is read as a secret too: a mistyped one may be a secret.
+        while let Some(key) = map.next_key::<SecretValue>()? {
+            position += 1;
             let value: SecretValue = map.next_value()?;
             if first_error.is_some() {
                 continue;
             }
-            let outcome = FieldName::new(&key).and_then(|name| doc.insert(name, value));
+            let outcome = FieldName::parse(key.expose())
+                .ok_or(DocumentError::InvalidJsonKey { position })
+                .and_then(|name| doc.insert(name, value));
             if let Err(e) = outcome {
                 first_error = Some(e);
             }
@@ -399,19 +453,60 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_without_quoting_it() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 11] = [
             (b"", "Empty"),
             (b"{}", "Empty"),
             (br#"{"a":"SECRET","a":"SECRET"}"#, "DuplicateField"),
-            (br#"{"bad-name":"SECRET"}"#, "InvalidFieldName"),
+            (br#"{"a":"x","bad-SECRET":"SECRET"}"#, "InvalidJsonKey"),
+            (br#"{"a":"x","SECRET\n":"x"}"#, "InvalidJsonKey"),
             (br#"{"a":1}"#, "Syntax"),
             (b"SECRET-without-equals", "Syntax"),
+            (b"password: SECRET=x\n", "InvalidLineKey"),
+            (b"a=b\npassword SECRET==\n", "InvalidLineKey"),
+            (b"U0VDUkVU SECRET==\n", "InvalidLineKey"),
+            (b"SECRET-with-dash=x\n", "InvalidLineKey"),
         ];
         for (input, variant) in cases {
             let err = SecretDocument::parse_input(input).err().unwrap();
             assert!(format!("{err:?}").starts_with(variant), "{err:?}");
             assert!(!err.to_string().contains("SECRET"), "{err}");
         }
+    }
+
+    #[test]
+    fn bad_keys_are_reported_by_position() {
+        let err = SecretDocument::parse_input(b"# c\nusername=u\n\npass word=x\n")
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "line 4: the text before '=' is not a valid field name ([A-Za-z_][A-Za-z0-9_]*)"
+        );
+        let err = SecretDocument::parse_input(br#"{"a":"x","b":"y","c d":"z"}"#)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "the 3rd key of the JSON object is not a valid field name ([A-Za-z_][A-Za-z0-9_]*)"
+        );
+        let ordinals: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111]
+            .map(|n| Ordinal(n).to_string())
+            .into();
+        assert_eq!(
+            ordinals,
+            [
+                "1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "101st",
+                "111th"
+            ]
+        );
+    }
+
+    #[test]
+    fn get_finds_fields_by_name() {
+        let doc = SecretDocument::parse_input(b"b=2\na=1\n").unwrap();
+        assert_eq!(doc.get("a").unwrap().expose(), "1");
+        assert_eq!(doc.get("b").unwrap().expose(), "2");
+        assert!(doc.get("c").is_none());
     }
 
     #[test]

@@ -342,24 +342,65 @@ fn bad_secret_input_is_rejected_without_echoing_it() {
     hsm.create_key("kek", "aes");
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("x.sealed");
-    let inputs: [(&[u8], i32); 5] = [
-        (b"", 65),
-        (b"1password=Zq9-known-SECRET-value-7f3\n", 65),
-        (b"{\"pass word\":\"Zq9-known-SECRET-value-7f3\"}", 65),
-        (b"{\"a\":\"Zq9-known-SECRET-value-7f3\",\"a\":\"x\"}", 65),
-        (b"Zq9-known-SECRET-value-7f3", 65),
+    // Mistyped lines put (part of) a secret where the field name should be:
+    // before the first '=', with or without ':' or spaces, or a base64 value
+    // whose '=' padding makes it look like KEY=VALUE.
+    let inputs: [(&[u8], i32, &str); 9] = [
+        (b"", 65, ""),
+        (b"1password=Zq9-known-SECRET-value-7f3\n", 65, ""),
+        (b"{\"pass word\":\"Zq9-known-SECRET-value-7f3\"}", 65, ""),
+        (
+            b"{\"a\":\"Zq9-known-SECRET-value-7f3\",\"a\":\"x\"}",
+            65,
+            "",
+        ),
+        (b"Zq9-known-SECRET-value-7f3", 65, ""),
+        (
+            b"username=u\npassword: Zq9-known-SECRET-value-7f3=x\n",
+            65,
+            "line 2: the text before '=' is not a valid field name",
+        ),
+        (
+            b"password Zq9-known-SECRET-value-7f3=\n",
+            65,
+            "line 1: the text before '=' is not a valid field name",
+        ),
+        (
+            b"username=u\n\nZq9+known/SECRET/value/7f3A==\n",
+            65,
+            "line 3: the text before '=' is not a valid field name",
+        ),
+        (
+            b"{\"username\":\"u\",\"Zq9-known-SECRET-value-7f3\":\"x\"}",
+            65,
+            "the 2nd key of the JSON object is not a valid field name",
+        ),
     ];
-    for (input, code) in inputs {
-        let out = run_with_stdin(
-            hsm.command()
-                .args(["seal", "-vvv", "--out"])
-                .arg(&out_path)
-                .args(["--pkcs11", &hsm.uri("kek")]),
-            input,
-        );
-        let stderr = expect_code(&out, code);
-        assert!(!stderr.contains(SECRET), "{stderr}");
-        assert!(!out_path.exists());
+    for (input, code, message) in inputs {
+        for log_format in ["text", "json"] {
+            let out = run_with_stdin(
+                hsm.command()
+                    .args(["seal", "-vvv", "--log-format", log_format, "--out"])
+                    .arg(&out_path)
+                    .args(["--pkcs11", &hsm.uri("kek")]),
+                input,
+            );
+            let stderr = expect_code(&out, code);
+            for leak in [SECRET, "SECRET", "known"] {
+                assert!(!stderr.contains(leak), "{stderr}");
+            }
+            assert!(stderr.contains(message), "{stderr}");
+            if log_format == "json" {
+                // The failure is audited, with the same (secret-free) reason.
+                assert!(
+                    stderr.lines().any(|l| l.contains("\"sesame::audit\"")
+                        && l.contains("\"outcome\":\"failed\"")
+                        && l.contains(message)),
+                    "{stderr}"
+                );
+            }
+            assert!(!out_path.exists());
+        }
     }
     // No backend at all is a usage error.
     let out = run_with_stdin(

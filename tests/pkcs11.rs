@@ -292,6 +292,175 @@ fn created_keys_are_sensitive_and_never_extractable() {
     );
 }
 
+/// Makes a key with pkcs11-tool (an independent client), with `flags` such
+/// as `--extractable`.
+fn pkcs11_tool_keygen(hsm: &SoftHsm, label: &str, key_type: &str, flags: &[&str]) {
+    let generate = if key_type.starts_with("AES") {
+        "--keygen"
+    } else {
+        "--keypairgen"
+    };
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .arg("--module")
+        .arg(SoftHsm::module_path())
+        .args(["--token-label", hsm.token(), "--login", "--pin", hsm.pin()])
+        .args([generate, "--key-type", key_type, "--label", label])
+        .args(["--usage-decrypt"])
+        .args(flags)
+        .output()
+        .expect("run pkcs11-tool (is opensc installed?)");
+    assert!(
+        out.status.success(),
+        "pkcs11-tool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn keys_that_can_leave_the_token_are_refused() {
+    let hsm = SoftHsm::new("sesame");
+    pkcs11_tool_keygen(&hsm, "aes-ext", "AES:32", &["--sensitive", "--extractable"]);
+    pkcs11_tool_keygen(&hsm, "aes-plain", "AES:32", &[]);
+    pkcs11_tool_keygen(
+        &hsm,
+        "rsa-ext",
+        "rsa:2048",
+        &["--sensitive", "--extractable"],
+    );
+    let out_path = sealed_path(&hsm, "refused");
+    for (label, needle) in [
+        (
+            "aes-ext",
+            "it is extractable (CKA_EXTRACTABLE is not false)",
+        ),
+        (
+            "aes-plain",
+            "it is not sensitive (CKA_SENSITIVE is not true)",
+        ),
+        (
+            "rsa-ext",
+            "its private key is extractable (CKA_EXTRACTABLE is not false)",
+        ),
+    ] {
+        let out = seal(
+            &hsm,
+            &out_path,
+            &hsm.uri(label),
+            &["--pkcs11-oaep-hash", "sha1"],
+        );
+        let line = assert_error_line(&out, 78, "seal", needle);
+        assert!(
+            line.contains(&format!("refusing to seal to key {label:?}")),
+            "{line}"
+        );
+        assert!(line.contains("create-key"), "{line}");
+        assert!(!out_path.exists());
+    }
+    // Without a PIN only the public key is visible: sealing works and says
+    // the private key could not be checked.
+    let out = seal(
+        &hsm,
+        &out_path,
+        &hsm.uri_without_pin("rsa-ext"),
+        &["-v", "--pkcs11-oaep-hash", "sha1"],
+    );
+    let stderr = expect_code(&out, 0);
+    assert!(stderr.contains("cannot be checked"), "{stderr}");
+}
+
+#[test]
+fn pin_source_precedence_is_flag_then_uri_then_config() {
+    let hsm = SoftHsm::new("sesame");
+    let good = format!("file:{}", hsm.pin_file().display());
+    // Missing files: the error names the one that was used.
+    let flag_missing = format!("file:{}", hsm.dir().join("from-flag.pin").display());
+    let config_missing = hsm.dir().join("from-config.toml");
+    std::fs::write(
+        &config_missing,
+        format!(
+            "pkcs11_pin_source = \"file:{}\"\n",
+            hsm.dir().join("from-config.pin").display()
+        ),
+    )
+    .unwrap();
+    let config_good = hsm.dir().join("good.toml");
+    std::fs::write(&config_good, format!("pkcs11_pin_source = \"{good}\"\n")).unwrap();
+    let with_config = |config: &Path| {
+        let mut cmd = hsm.command();
+        cmd.arg("--config").arg(config);
+        cmd
+    };
+
+    // create-key: the config is a default for a URI without pin-source; the
+    // flag, also under its old name --pin-source, wins over the config.
+    let create = |config: &Path, label: &str, extra: &[&str]| {
+        run(with_config(config)
+            .args(["pkcs11", "create-key", &hsm.uri_without_pin(label)])
+            .args(["--type", "aes"])
+            .args(extra))
+    };
+    expect_code(&create(&config_good, "kek", &[]), 0);
+    let out = create(&config_missing, "kek2", &[]);
+    assert_error_line(&out, 78, "create-key", "from-config.pin");
+    expect_code(
+        &create(&config_missing, "kek2", &["--pin-source", &good]),
+        0,
+    );
+    let out = create(
+        &config_good,
+        "kek3",
+        &["--pkcs11-pin-source", &flag_missing],
+    );
+    assert_error_line(&out, 78, "create-key", "from-flag.pin");
+
+    // A file sealed with the PIN in its URI: the config does not replace it,
+    // the flag does.
+    let with_pin = seal_ok(&hsm, "with-pin", &hsm.uri("kek"), &[]);
+    expect_code(
+        &unseal(&mut with_config(&config_missing), &with_pin, &[]),
+        0,
+    );
+    let out = unseal(
+        &mut with_config(&config_good),
+        &with_pin,
+        &["--pkcs11-pin-source", &flag_missing],
+    );
+    assert_error_line(&out, 78, &with_pin.display().to_string(), "from-flag.pin");
+
+    // A URI without pin-source: sealing and unsealing use the config's, and
+    // the flag still wins over it.
+    let path = sealed_path(&hsm, "without-pin");
+    let mut cmd = with_config(&config_good);
+    cmd.args(["seal", "--out"])
+        .arg(&path)
+        .args(["--pkcs11", &hsm.uri_without_pin("kek")]);
+    expect_code(&run_with_stdin(&mut cmd, SECRET.as_bytes()), 0);
+    let refused = sealed_path(&hsm, "refused");
+    let mut cmd = with_config(&config_good);
+    cmd.args(["seal", "--out"])
+        .arg(&refused)
+        .args(["--pkcs11", &hsm.uri("kek")])
+        .args(["--pkcs11-pin-source", &flag_missing]);
+    let out = run_with_stdin(&mut cmd, SECRET.as_bytes());
+    assert_error_line(&out, 78, "seal", "from-flag.pin");
+    expect_code(&unseal(&mut with_config(&config_good), &path, &[]), 0);
+    let out = unseal(&mut with_config(&config_missing), &path, &[]);
+    assert_error_line(&out, 78, &path.display().to_string(), "from-config.pin");
+    let out = unseal(
+        &mut with_config(&config_missing),
+        &path,
+        &["--pkcs11-pin-source", &good],
+    );
+    expect_code(&out, 0);
+    let out = unseal(
+        &mut with_config(&config_good),
+        &path,
+        &["--pkcs11-pin-source", &flag_missing],
+    );
+    assert_error_line(&out, 78, &path.display().to_string(), "from-flag.pin");
+}
+
 #[test]
 fn wrong_pin_is_refused() {
     let hsm = SoftHsm::new("sesame");

@@ -7,7 +7,6 @@ pub mod pkcs11;
 pub mod tpm2;
 
 use crate::format::{FormatError, Stanza};
-use crate::pin::PinSource;
 use crate::secret::DataKey;
 
 /// Where backends re-created from an existing file's stanzas find this
@@ -15,8 +14,8 @@ use crate::secret::DataKey;
 pub struct Local<'a> {
     /// The TPM TCTI, e.g. `device:/dev/tpmrm0`.
     pub tpm2_device: &'a str,
-    /// Replaces the `pin-source` recorded in PKCS#11 URIs.
-    pub pkcs11_pin: Option<&'a PinSource>,
+    /// Where PKCS#11 PINs come from besides the recorded URIs' `pin-source`.
+    pub pkcs11_pins: &'a pkcs11::PinSources,
     /// Makes a PIN prompt for each PKCS#11 backend (on a terminal), or none.
     pub pin_prompt: &'a dyn Fn() -> Option<pkcs11::PinPrompt>,
 }
@@ -39,7 +38,7 @@ pub fn sealer_for(stanza: &Stanza, local: &Local<'_>) -> Result<Box<dyn KeyBacke
         )?)),
         pkcs11::KIND => Ok(Box::new(pkcs11::Pkcs11Backend::for_resealing(
             stanza,
-            local.pkcs11_pin.cloned(),
+            local.pkcs11_pins.clone(),
             (local.pin_prompt)(),
         )?)),
         other => Err(BackendError::Unavailable {

@@ -3,7 +3,7 @@
 use std::io::IsTerminal as _;
 
 use clap::{Args, ValueEnum};
-use sesame::backend::pkcs11::{self, OaepHash, PinPrompt, Pkcs11Backend};
+use sesame::backend::pkcs11::{self, OaepHash, PinPrompt, PinSources, Pkcs11Backend};
 use sesame::backend::tpm2::{self, Tpm2Backend};
 use sesame::backend::KeyBackend;
 use sesame::pin::{PinError, PinSource};
@@ -33,6 +33,11 @@ pub struct SealBackendArgs {
     /// supports only sha1.
     #[arg(long, value_name = "HASH", value_parser = ["sha1", "sha256", "sha384", "sha512"], requires = "pkcs11")]
     pub pkcs11_oaep_hash: Option<String>,
+    /// Read the PKCS#11 PIN from here instead of the URI's pin-source (`file:PATH`;
+    /// not recorded in the sealed file) [default: the URI's pin-source, else
+    /// pkcs11_pin_source from the config file, else a prompt on a terminal].
+    #[arg(long, value_name = "SOURCE", requires = "pkcs11")]
+    pub pkcs11_pin_source: Option<String>,
 }
 
 /// `--tpm2-device`, shared by every command that talks to a TPM.
@@ -68,7 +73,9 @@ pub enum BackendKind {
 pub struct UnsealBackendArgs {
     #[command(flatten)]
     pub tpm2_device: Tpm2DeviceArg,
-    /// Read the PKCS#11 PIN from here instead of the URI's pin-source (`file:PATH`).
+    /// Read the PKCS#11 PIN from here instead of the URI's pin-source (`file:PATH`)
+    /// [default: the URI's pin-source, else pkcs11_pin_source from the config
+    /// file, else a prompt on a terminal].
     #[arg(long, value_name = "SOURCE")]
     pub pkcs11_pin_source: Option<String>,
     /// Try only this backend's stanzas (default: every stanza, in file order).
@@ -76,8 +83,40 @@ pub struct UnsealBackendArgs {
     pub backend: Option<BackendKind>,
 }
 
+impl UnsealBackendArgs {
+    /// Where PKCS#11 PINs come from: see [`pkcs11_pins`].
+    ///
+    /// # Errors
+    /// A malformed `--pkcs11-pin-source` or config `pkcs11_pin_source`.
+    pub fn pkcs11_pins(&self, ctx: &Context) -> Result<PinSources, CliError> {
+        pkcs11_pins(ctx, self.pkcs11_pin_source.as_deref())
+    }
+}
+
+/// Where PKCS#11 PINs come from, for every command: the `--pkcs11-pin-source`
+/// flag wins over a URI's own `pin-source`; the config file's
+/// `pkcs11_pin_source` is only a default for URIs without one; after them, a
+/// prompt on the terminal (see [`PinSources`]).
+///
+/// # Errors
+/// A malformed flag or config value (exit 78).
+pub fn pkcs11_pins(ctx: &Context, flag: Option<&str>) -> Result<PinSources, CliError> {
+    let parse = |text: Option<&str>, what: &str| {
+        text.map(PinSource::parse)
+            .transpose()
+            .map_err(|e| CliError::pin(what, e))
+    };
+    Ok(PinSources {
+        overriding: parse(flag, "--pkcs11-pin-source")?,
+        fallback: parse(
+            ctx.config.pkcs11_pin_source.as_deref(),
+            "pkcs11_pin_source in the config file",
+        )?,
+    })
+}
+
 /// A PIN prompt on the controlling terminal, if there is one. The backend
-/// calls it only when neither the URI nor a flag names a PIN source.
+/// calls it only when no flag, URI or config setting names a PIN source.
 pub fn terminal_pin_prompt() -> Option<PinPrompt> {
     if !std::io::stderr().is_terminal() || std::fs::File::open("/dev/tty").is_err() {
         return None;
@@ -121,8 +160,13 @@ pub fn for_sealing(
         .map_or(OaepHash::DEFAULT, |h| {
             OaepHash::parse(h).expect("clap restricts --pkcs11-oaep-hash")
         });
+    let pins = if args.pkcs11.is_empty() {
+        PinSources::default()
+    } else {
+        pkcs11_pins(ctx, args.pkcs11_pin_source.as_deref())?
+    };
     for uri in &args.pkcs11 {
-        let backend = Pkcs11Backend::for_sealing(uri, terminal_pin_prompt())
+        let backend = Pkcs11Backend::for_sealing(uri, pins.clone(), terminal_pin_prompt())
             .map_err(|e| CliError::backend(format!("seal with {}", pkcs11::KIND), e))?
             .with_oaep_hash(oaep_hash);
         out.push(Box::new(backend));
@@ -140,7 +184,7 @@ pub fn for_sealing(
 /// Builds the backends `unseal` may try.
 ///
 /// # Errors
-/// A malformed `--pkcs11-pin-source`.
+/// A malformed `--pkcs11-pin-source` or config `pkcs11_pin_source`.
 pub fn for_unsealing(
     ctx: &Context,
     args: &UnsealBackendArgs,
@@ -152,15 +196,8 @@ pub fn for_unsealing(
         )));
     }
     if args.backend.is_none_or(|b| b == BackendKind::Pkcs11) {
-        let pin_override = args
-            .pkcs11_pin_source
-            .as_deref()
-            .or(ctx.config.pkcs11_pin_source.as_deref())
-            .map(PinSource::parse)
-            .transpose()
-            .map_err(|e| CliError::pin("--pkcs11-pin-source", e))?;
         out.push(Box::new(Pkcs11Backend::for_unsealing(
-            pin_override,
+            args.pkcs11_pins(ctx)?,
             terminal_pin_prompt(),
         )));
     }

@@ -3,9 +3,8 @@
 
 use clap::{Args, Subcommand, ValueEnum};
 use sesame::backend::pkcs11::{self, NewKey};
-use sesame::pin::PinSource;
 
-use super::backends::terminal_pin_prompt;
+use super::backends::{pkcs11_pins, terminal_pin_prompt};
 use super::{CliError, Context};
 
 /// `sesame pkcs11 <command>`
@@ -40,9 +39,12 @@ pub struct CreateKeyArgs {
     /// RSA modulus size.
     #[arg(long, default_value_t = 3072, value_parser = parse_bits)]
     bits: u32,
-    /// Read the PIN from here instead of the URI's pin-source (`file:PATH`).
-    #[arg(long, value_name = "SOURCE")]
-    pin_source: Option<String>,
+    /// Read the PIN from here instead of the URI's pin-source (`file:PATH`)
+    /// [default: the URI's pin-source, else pkcs11_pin_source from the config
+    /// file, else a prompt on a terminal].
+    // `--pin-source` was its name before it matched the other commands.
+    #[arg(long, alias = "pin-source", value_name = "SOURCE")]
+    pkcs11_pin_source: Option<String>,
 }
 
 fn parse_bits(text: &str) -> Result<u32, String> {
@@ -62,18 +64,12 @@ pub fn run(ctx: &Context, cmd: Pkcs11Command) -> Result<(), CliError> {
 
 fn create_key(ctx: &Context, args: CreateKeyArgs) -> Result<(), CliError> {
     let what = "pkcs11 create-key";
-    let pin_override = args
-        .pin_source
-        .as_deref()
-        .or(ctx.config.pkcs11_pin_source.as_deref())
-        .map(PinSource::parse)
-        .transpose()
-        .map_err(|e| CliError::pin("--pin-source", e))?;
+    let pins = pkcs11_pins(ctx, args.pkcs11_pin_source.as_deref())?;
     let new = match args.key_type {
         KeyTypeArg::Aes => NewKey::Aes,
         KeyTypeArg::Rsa => NewKey::Rsa { bits: args.bits },
     };
-    let created = pkcs11::create_key(&args.uri, new, pin_override, terminal_pin_prompt())
+    let created = pkcs11::create_key(&args.uri, new, &pins, terminal_pin_prompt())
         .map_err(|e| CliError::backend(what, e))?;
     println!(
         "created {} key {:?} (id {}) on token {:?}",

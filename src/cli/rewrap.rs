@@ -11,7 +11,6 @@ use sesame::backend::{self, pkcs11, tpm2, KeyBackend, Local};
 use sesame::envelope::{self, SealOptions, UnsealError};
 use sesame::format::{self, Header};
 use sesame::fsio::{self, IoError, WriteOptions};
-use sesame::pin::PinSource;
 
 use super::audit::{Audit, Outcome};
 use super::backends::{self, BackendKind, SealBackendArgs, Tpm2DeviceArg, UnsealBackendArgs};
@@ -156,14 +155,15 @@ fn rewrap(ctx: &Context, args: &RewrapArgs, done: &mut Done) -> Result<(), CliEr
             tpm2_pcr_bank: args.new.tpm2_pcr_bank.clone(),
             pkcs11: args.new.pkcs11.clone(),
             pkcs11_oaep_hash: args.new.pkcs11_oaep_hash.clone(),
+            pkcs11_pin_source: args.unseal.pkcs11_pin_source.clone(),
         };
         sealers = backends::for_sealing(ctx, &seal_args).map_err(|e| e.with_what(&what))?;
     }
     if let Some(keep) = &args.keep {
-        let pin = pin_override(ctx, &args.unseal)?;
+        let pins = args.unseal.pkcs11_pins(ctx)?;
         let local = Local {
             tpm2_device: &device,
-            pkcs11_pin: pin.as_ref(),
+            pkcs11_pins: &pins,
             pin_prompt: &backends::terminal_pin_prompt,
         };
         for stanza in &header.stanzas {
@@ -225,10 +225,10 @@ fn rotate(ctx: &Context, args: &RotateArgs, done: &mut Done) -> Result<(), CliEr
     done.backends = Some(kinds(&header));
 
     let device = args.unseal.tpm2_device.resolve(ctx);
-    let pin = pin_override(ctx, &args.unseal)?;
+    let pins = args.unseal.pkcs11_pins(ctx)?;
     let local = Local {
         tpm2_device: &device,
-        pkcs11_pin: pin.as_ref(),
+        pkcs11_pins: &pins,
         pin_prompt: &backends::terminal_pin_prompt,
     };
     let mut sealers = header
@@ -324,15 +324,6 @@ fn replace(what: &str, path: &Path, old: &[u8], new: &[u8]) -> Result<(), CliErr
         allow_persistent: true,
     };
     fsio::write_atomic(path, new, &options).map_err(|e| CliError::io(what, e))
-}
-
-fn pin_override(ctx: &Context, args: &UnsealBackendArgs) -> Result<Option<PinSource>, CliError> {
-    args.pkcs11_pin_source
-        .as_deref()
-        .or(ctx.config.pkcs11_pin_source.as_deref())
-        .map(PinSource::parse)
-        .transpose()
-        .map_err(|e| CliError::pin("--pkcs11-pin-source", e))
 }
 
 fn kind_name(kind: BackendKind) -> &'static str {

@@ -115,7 +115,8 @@ pub(super) fn read_secret(prompt_fields: [&str; 2]) -> Result<SecretDocument, Cl
     if stdin.is_terminal() {
         return prompt_secret(prompt_fields);
     }
-    let mut input = Zeroizing::new(Vec::new());
+    // Sized for the limit up front: a growing Vec would leave unwiped copies.
+    let mut input = Zeroizing::new(Vec::with_capacity(SecretDocument::MAX_INPUT + 1));
     stdin
         .lock()
         .take(SecretDocument::MAX_INPUT as u64 + 1)

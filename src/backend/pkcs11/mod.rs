@@ -36,7 +36,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use zeroize::Zeroizing;
 
-use self::token::{show_id, Access, PinSupply, Token, Usage, PIN_HINT};
+use self::token::{show_id, Access, PinSupply, Protection, Token, Usage, PIN_HINT};
 pub use self::uri::{ObjectType, Pkcs11Uri, UriError};
 use crate::backend::{BackendError, KeyBackend};
 use crate::format::{FormatError, Stanza};
@@ -62,6 +62,30 @@ const NEW_ID_LEN: usize = 16;
 /// Asks the user for a token's PIN (the CLI supplies this when on a terminal;
 /// the argument is the token label).
 pub type PinPrompt = Box<dyn FnMut(&str) -> Result<Pin, PinError>>;
+
+/// Where the PIN for a URI comes from besides the URI's own `pin-source`.
+///
+/// Precedence, for every operation: [`PinSources::overriding`] (the
+/// `--pkcs11-pin-source` flag), else the URI's `pin-source`, else
+/// [`PinSources::fallback`] (the config file's `pkcs11_pin_source`), else a
+/// [`PinPrompt`] on a terminal, else no login.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PinSources {
+    /// Wins over the URI's `pin-source` (the command-line flag).
+    pub overriding: Option<PinSource>,
+    /// Used only for a URI without `pin-source` (the configured default).
+    pub fallback: Option<PinSource>,
+}
+
+impl PinSources {
+    /// The source that applies to `uri`, if any.
+    pub fn for_uri<'a>(&'a self, uri: &'a Pkcs11Uri) -> Option<&'a PinSource> {
+        self.overriding
+            .as_ref()
+            .or(uri.pin_source.as_ref())
+            .or(self.fallback.as_ref())
+    }
+}
 
 /// The hash of RSA-OAEP (and of its MGF1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,25 +245,30 @@ pub struct Pkcs11Backend {
     /// When re-creating a stanza: the mechanism and `CKA_ID` of the key it
     /// was made with, which the URI must still name.
     reseal_of: Option<(&'static str, Vec<u8>)>,
-    pin_override: Option<PinSource>,
+    pins: PinSources,
     pin_prompt: Option<PinPrompt>,
 }
 
 impl Pkcs11Backend {
-    /// For sealing to the key named by the RFC 7512 `uri`. The token is not
-    /// touched until [`KeyBackend::wrap`].
+    /// For sealing to the key named by the RFC 7512 `uri`, with its PIN as
+    /// [`PinSources`] says. The token is not touched until
+    /// [`KeyBackend::wrap`].
     ///
     /// # Errors
     /// [`BackendError::Config`] if the URI does not parse, lacks a
     /// `module-path`, or does not name both a token and a key.
-    pub fn for_sealing(uri: &str, pin_prompt: Option<PinPrompt>) -> Result<Self, BackendError> {
+    pub fn for_sealing(
+        uri: &str,
+        pins: PinSources,
+        pin_prompt: Option<PinPrompt>,
+    ) -> Result<Self, BackendError> {
         let uri = parse_uri(uri)?;
         require_token_and_key(&uri)?;
         Ok(Self {
             seal_uri: Some(uri),
             oaep_hash: OaepHash::DEFAULT,
             reseal_of: None,
-            pin_override: None,
+            pins,
             pin_prompt,
         })
     }
@@ -248,14 +277,14 @@ impl Pkcs11Backend {
     /// (`rewrap --keep`, `rotate`): its recorded URI, and for RSA its OAEP
     /// hash. [`KeyBackend::wrap`] refuses if the URI now names a key of
     /// another mechanism or `CKA_ID` than the one recorded, so a replaced key
-    /// is noticed instead of silently sealed to. `pin_override` replaces the
-    /// URI's `pin-source`, as when unsealing.
+    /// is noticed instead of silently sealed to. The PIN as [`PinSources`]
+    /// says, with the recorded URI's `pin-source`.
     ///
     /// # Errors
     /// [`BackendError::Stanza`] if the stanza is malformed.
     pub fn for_resealing(
         stanza: &Stanza,
-        pin_override: Option<PinSource>,
+        pins: PinSources,
         pin_prompt: Option<PinPrompt>,
     ) -> Result<Self, BackendError> {
         let st = Pkcs11Stanza::decode(stanza).map_err(|source| BackendError::Stanza {
@@ -270,7 +299,7 @@ impl Pkcs11Backend {
             seal_uri: Some(st.uri),
             oaep_hash,
             reseal_of: Some((st.wrapping.id(), st.key_id)),
-            pin_override,
+            pins,
             pin_prompt,
         })
     }
@@ -282,14 +311,14 @@ impl Pkcs11Backend {
         self
     }
 
-    /// For unsealing: the URI comes from each stanza; `pin_override` replaces
-    /// the stanza's `pin-source`.
-    pub fn for_unsealing(pin_override: Option<PinSource>, pin_prompt: Option<PinPrompt>) -> Self {
+    /// For unsealing: the URI comes from each stanza; the PIN as
+    /// [`PinSources`] says, with the stanza URI's `pin-source`.
+    pub fn for_unsealing(pins: PinSources, pin_prompt: Option<PinPrompt>) -> Self {
         Self {
             seal_uri: None,
             oaep_hash: OaepHash::DEFAULT,
             reseal_of: None,
-            pin_override,
+            pins,
             pin_prompt,
         }
     }
@@ -308,9 +337,10 @@ impl KeyBackend for Pkcs11Backend {
                 hint: "pass --pkcs11 URI".into(),
             });
         };
-        let pin = pin_supply(self.pin_override.as_ref(), &mut self.pin_prompt, &uri)?;
+        let pin = pin_supply(&self.pins, &mut self.pin_prompt, &uri)?;
         let token = Token::open(&uri, Access::ReadOnly, pin)?;
         let seal_key = select_seal_key(&token, &uri)?;
+        require_non_extractable(&token, &uri, &seal_key)?;
         if let Some((mechanism, key_id)) = &self.reseal_of {
             let (found, handle) = match &seal_key {
                 SealKey::Aes(h) => ("aes-gcm", *h),
@@ -390,7 +420,7 @@ impl KeyBackend for Pkcs11Backend {
             source,
         })?;
         let uri = &st.uri;
-        let pin = pin_supply(self.pin_override.as_ref(), &mut self.pin_prompt, uri)?;
+        let pin = pin_supply(&self.pins, &mut self.pin_prompt, uri)?;
         let token = Token::open(uri, Access::ReadOnly, pin)?;
         let (class, key_type) = match st.wrapping {
             Wrapping::AesGcm { .. } => {
@@ -491,7 +521,7 @@ pub struct CreatedKey {
 pub fn create_key(
     uri: &str,
     new: NewKey,
-    pin_override: Option<PinSource>,
+    pins: &PinSources,
     mut pin_prompt: Option<PinPrompt>,
 ) -> Result<CreatedKey, BackendError> {
     let mut uri = parse_uri(uri)?;
@@ -526,7 +556,7 @@ pub fn create_key(
             ));
         }
     }
-    let pin = pin_supply(pin_override.as_ref(), &mut pin_prompt, &uri)?;
+    let pin = pin_supply(pins, &mut pin_prompt, &uri)?;
     if matches!(pin, PinSupply::None) {
         return Err(config(
             format!("creating a key needs the PIN of {}", uri.describe()),
@@ -665,15 +695,14 @@ fn require_token_and_key(uri: &Pkcs11Uri) -> Result<(), BackendError> {
     }
 }
 
-/// The PIN, from (in order) the override, the URI's `pin-source`, or a
-/// prompt; none of them means "no login" (only public objects visible).
+/// The PIN, from the source [`PinSources::for_uri`] picks, or a prompt; none
+/// of them means "no login" (only public objects visible).
 fn pin_supply<'a>(
-    pin_override: Option<&PinSource>,
+    pins: &PinSources,
     prompt: &'a mut Option<PinPrompt>,
     uri: &Pkcs11Uri,
 ) -> Result<PinSupply<'a>, BackendError> {
-    let source = pin_override.or(uri.pin_source.as_ref());
-    if let Some(source) = source {
+    if let Some(source) = pins.for_uri(uri) {
         let pin = source.read().map_err(|e| BackendError::Config {
             backend: KIND,
             reason: format!("cannot read the PIN for {}: {e}", uri.describe()),
@@ -730,6 +759,60 @@ fn select_seal_key(token: &Token, uri: &Pkcs11Uri) -> Result<SealKey, BackendErr
             reason: format!("several keys match {}", uri.describe()),
             hint: "add id= or type= to the URI to name one key".into(),
         }),
+    }
+}
+
+/// Refuses to seal to a key whose value can leave the token: the data key
+/// would then be only as safe as every copy of that key. An AES key must be
+/// sensitive and non-extractable (and never have been extractable, where the
+/// token says). For RSA the secret half is the private key: checked the same
+/// way when logged in; without a PIN only the public key is visible, so the
+/// admin must have made the pair with `create-key` or checked it.
+fn require_non_extractable(
+    token: &Token,
+    uri: &Pkcs11Uri,
+    key: &SealKey,
+) -> Result<(), BackendError> {
+    let check = |subject: &str, handle: ObjectHandle| -> Result<(), BackendError> {
+        let protection: Protection = token.protection(handle)?;
+        tracing::debug!(key = subject, ?protection, "key export attributes");
+        match protection.weakness() {
+            None => Ok(()),
+            Some(why) => Err(BackendError::Config {
+                backend: KIND,
+                reason: format!("refusing to seal to {}: {subject} {why}", uri.describe()),
+                hint: "seal to a key made with `sesame pkcs11 create-key URI --type aes|rsa`, or one with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false (see docs/pkcs11.md)".into(),
+            }),
+        }
+    };
+    match *key {
+        SealKey::Aes(handle) => check("it", handle),
+        SealKey::Rsa(public) => {
+            if !token.logged_in {
+                tracing::info!(
+                    token = %token.label,
+                    "sealing to an RSA public key without a PIN: whether its private key is non-extractable cannot be checked; make sure it was made with `sesame pkcs11 create-key` or check it"
+                );
+                return Ok(());
+            }
+            let id = token.id_of(public)?;
+            let private = token.find(
+                uri,
+                ObjectClass::PRIVATE_KEY,
+                KeyType::RSA,
+                Some(id.as_slice()).filter(|id| !id.is_empty()),
+            )?;
+            if private.is_empty() {
+                tracing::warn!(
+                    token = %token.label,
+                    key_id = %show_id(&id),
+                    "the RSA private key is not on this token: whether it is non-extractable cannot be checked"
+                );
+            }
+            private
+                .into_iter()
+                .try_for_each(|handle| check("its private key", handle))
+        }
     }
 }
 
@@ -965,12 +1048,37 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    Pkcs11Backend::for_sealing(uri, None),
+                    Pkcs11Backend::for_sealing(uri, PinSources::default(), None),
                     Err(BackendError::Config { .. })
                 ),
                 "{uri}"
             );
         }
-        assert!(Pkcs11Backend::for_sealing("pkcs11:serial=1;id=%01?module-path=/m", None).is_ok());
+        assert!(Pkcs11Backend::for_sealing(
+            "pkcs11:serial=1;id=%01?module-path=/m",
+            PinSources::default(),
+            None
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn pin_source_precedence() {
+        let file = |p: &str| Some(PinSource::File(p.into()));
+        let with_pin = Pkcs11Uri::parse("pkcs11:token=t;object=k?pin-source=file:/uri").unwrap();
+        let without_pin = Pkcs11Uri::parse("pkcs11:token=t;object=k").unwrap();
+        let both = PinSources {
+            overriding: file("/flag"),
+            fallback: file("/config"),
+        };
+        assert_eq!(both.for_uri(&with_pin), file("/flag").as_ref());
+        assert_eq!(both.for_uri(&without_pin), file("/flag").as_ref());
+        let fallback = PinSources {
+            overriding: None,
+            fallback: file("/config"),
+        };
+        assert_eq!(fallback.for_uri(&with_pin), file("/uri").as_ref());
+        assert_eq!(fallback.for_uri(&without_pin), file("/config").as_ref());
+        assert_eq!(PinSources::default().for_uri(&without_pin), None);
     }
 }

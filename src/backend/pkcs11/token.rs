@@ -253,6 +253,33 @@ impl Token {
             .unwrap_or_default())
     }
 
+    /// Whether a key's value can leave the token, from its `CKA_SENSITIVE`,
+    /// `CKA_EXTRACTABLE` and `CKA_NEVER_EXTRACTABLE` (each `None` when the
+    /// token does not report it).
+    pub(crate) fn protection(&self, key: ObjectHandle) -> Result<Protection, BackendError> {
+        let attrs = self
+            .session()
+            .get_attributes(
+                key,
+                &[
+                    AttributeType::Sensitive,
+                    AttributeType::Extractable,
+                    AttributeType::NeverExtractable,
+                ],
+            )
+            .map_err(|e| self.error_plain(&e, "read the attributes of a key on"))?;
+        let mut protection = Protection::default();
+        for attr in attrs {
+            match attr {
+                Attribute::Sensitive(v) => protection.sensitive = Some(v),
+                Attribute::Extractable(v) => protection.extractable = Some(v),
+                Attribute::NeverExtractable(v) => protection.never_extractable = Some(v),
+                _ => {}
+            }
+        }
+        Ok(protection)
+    }
+
     /// Checks the token offers `mechanism` for `usage`, so a missing
     /// mechanism gets a clear message naming it instead of a bare
     /// CKR_MECHANISM_INVALID later.
@@ -302,6 +329,35 @@ impl Token {
             ..Pkcs11Uri::default()
         };
         self.error(e, &uri, doing)
+    }
+}
+
+/// A key's export attributes, as the token reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Protection {
+    /// `CKA_SENSITIVE`: the value cannot be read in clear.
+    pub sensitive: Option<bool>,
+    /// `CKA_EXTRACTABLE`: the value can be wrapped out of the token.
+    pub extractable: Option<bool>,
+    /// `CKA_NEVER_EXTRACTABLE`: it was never extractable (so no copy was
+    /// ever exported).
+    pub never_extractable: Option<bool>,
+}
+
+impl Protection {
+    /// Why the key's value could be, or could have been, copied out of the
+    /// token (a predicate: "is extractable …"); `None` when it is sensitive and non-extractable (and, if the
+    /// token says, never was extractable).
+    pub(crate) fn weakness(&self) -> Option<&'static str> {
+        if self.sensitive != Some(true) {
+            Some("is not sensitive (CKA_SENSITIVE is not true), so its value can be read")
+        } else if self.extractable != Some(false) {
+            Some("is extractable (CKA_EXTRACTABLE is not false), so it can be exported")
+        } else if self.never_extractable == Some(false) {
+            Some("was extractable once (CKA_NEVER_EXTRACTABLE is false), so copies may exist outside the token")
+        } else {
+            None
+        }
     }
 }
 
@@ -580,5 +636,31 @@ pub(crate) fn show_id(id: &[u8]) -> String {
         "(none)".into()
     } else {
         hex(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sensitive_never_exported_keys_pass() {
+        let p = |sensitive, extractable, never_extractable| Protection {
+            sensitive,
+            extractable,
+            never_extractable,
+        };
+        assert_eq!(p(Some(true), Some(false), Some(true)).weakness(), None);
+        // A token that does not report CKA_NEVER_EXTRACTABLE.
+        assert_eq!(p(Some(true), Some(false), None).weakness(), None);
+        for weak in [
+            p(Some(false), Some(false), Some(true)),
+            p(None, Some(false), Some(true)),
+            p(Some(true), Some(true), Some(false)),
+            p(Some(true), None, None),
+            p(Some(true), Some(false), Some(false)),
+        ] {
+            assert!(weak.weakness().is_some(), "{weak:?}");
+        }
     }
 }
