@@ -99,17 +99,13 @@ struct Tpm2Notes {
     preflight_json: Value,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// The binding of a TPM2 stanza and, with a device, whether it would unseal
 /// now. Never fails `inspect`: problems become text.
 fn tpm2_notes(stanza: &Stanza, device: Option<&str>) -> Tpm2Notes {
     let binding = tpm2::binding(stanza);
     let (binding_text, binding_json) = match &binding {
         Ok(b) => {
-            let srk = hex(&b.srk_name);
+            let srk = hex::encode(&b.srk_name);
             match &b.pcrs {
                 None => (
                     format!("bound to the TPM alone (no PCRs), SRK name {srk}"),

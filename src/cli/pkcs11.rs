@@ -75,7 +75,7 @@ fn create_key(ctx: &Context, args: CreateKeyArgs) -> Result<(), CliError> {
         "created {} key {:?} (id {}) on token {:?}",
         created.mechanism,
         created.label,
-        pkcs11::uri::hex(&created.id),
+        hex::encode(&created.id),
         created.token
     );
     println!("uri: {}", created.uri);

@@ -78,15 +78,11 @@ fn info(ctx: &Context, args: InfoArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn srk_text(srk: &SrkStatus) -> (&'static str, Option<String>) {
     match srk {
         SrkStatus::Absent => ("absent", None),
-        SrkStatus::Standard(name) => ("standard", Some(hex(name))),
-        SrkStatus::Other(name) => ("other-key", Some(hex(name))),
+        SrkStatus::Standard(name) => ("standard", Some(hex::encode(name))),
+        SrkStatus::Other(name) => ("other-key", Some(hex::encode(name))),
     }
 }
 
@@ -114,7 +110,7 @@ fn info_text(info: &TpmInfo) -> String {
     if let Some((sel, values)) = &info.pcrs {
         out.push_str(&format!("pcrs ({}):\n", sel.bank()));
         for (i, v) in sel.pcrs().iter().zip(values) {
-            out.push_str(&format!("  {i:>2}: {}\n", hex(v)));
+            out.push_str(&format!("  {i:>2}: {}\n", hex::encode(v)));
         }
     }
     out
@@ -127,7 +123,7 @@ fn info_json(info: &TpmInfo) -> serde_json::Value {
             .pcrs()
             .iter()
             .zip(values)
-            .map(|(i, v)| (i.to_string(), json!(hex(v))))
+            .map(|(i, v)| (i.to_string(), json!(hex::encode(v))))
             .collect();
         json!({ "bank": sel.bank().name(), "values": map })
     });
@@ -151,12 +147,12 @@ fn persist(ctx: &Context, args: PersistArgs) -> Result<(), CliError> {
         PersistOutcome::Created(name) => println!(
             "persisted the standard SRK at {:#x} (name {})",
             tpm2::SRK_HANDLE,
-            hex(&name)
+            hex::encode(&name)
         ),
         PersistOutcome::AlreadyPresent(name) => println!(
             "the standard SRK is already persistent at {:#x} (name {}); nothing to do",
             tpm2::SRK_HANDLE,
-            hex(&name)
+            hex::encode(&name)
         ),
     }
     Ok(())

@@ -652,7 +652,7 @@ pub fn create_key(
             "rsa-oaep"
         }
     };
-    tracing::info!(token = %token.label, key = %label, id = %uri::hex(&id), mechanism, "key created");
+    tracing::info!(token = %token.label, key = %label, id = %hex::encode(&id), mechanism, "key created");
     uri.id = Some(id.clone());
     Ok(CreatedKey {
         token: token.label.clone(),

@@ -13,7 +13,7 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 
-use super::uri::{hex, Pkcs11Uri};
+use super::uri::Pkcs11Uri;
 use super::KIND;
 use crate::backend::BackendError;
 use crate::secret::Pin;
@@ -635,7 +635,7 @@ pub(crate) fn show_id(id: &[u8]) -> String {
     if id.is_empty() {
         "(none)".into()
     } else {
-        hex(id)
+        hex::encode(id)
     }
 }
 

@@ -244,7 +244,7 @@ impl Pkcs11Uri {
     pub fn describe(&self) -> String {
         let key = match (&self.object, &self.id) {
             (Some(label), _) => format!("key {label:?}"),
-            (None, Some(id)) => format!("key with id {}", hex(id)),
+            (None, Some(id)) => format!("key with id {}", hex::encode(id)),
             (None, None) => "key".to_owned(),
         };
         let token = match (&self.token, &self.serial) {
@@ -302,11 +302,6 @@ impl fmt::Display for Pkcs11Uri {
         }
         Ok(())
     }
-}
-
-/// Lower-case hex, for ids in messages.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Characters besides RFC 3986 unreserved ones written as-is in path values

@@ -16,7 +16,6 @@ mod policy;
 mod rc;
 mod tpm;
 
-use std::fmt::Write as _;
 use std::time::Duration;
 
 use tss_esapi::constants::{PropertyTag, SessionType};
@@ -539,23 +538,6 @@ fn with_size(body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 /// `0=<hex>,7=<hex>`: readable in `inspect`, and enough to name the PCRs
 /// that changed when the TPM refuses.
 fn format_values(selection: &PcrSelection, values: &[Vec<u8>]) -> String {
@@ -563,7 +545,7 @@ fn format_values(selection: &PcrSelection, values: &[Vec<u8>]) -> String {
         .pcrs()
         .iter()
         .zip(values)
-        .map(|(i, v)| format!("{i}={}", hex(v)))
+        .map(|(i, v)| format!("{i}={}", hex::encode(v)))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -581,7 +563,9 @@ fn parse_values(selection: &PcrSelection, text: &str) -> Result<Vec<Vec<u8>>, Ba
             let (i, v) = part
                 .split_once('=')
                 .ok_or_else(|| stanza_error(F_VALUES, "expected PCR=HEX"))?;
-            let value = unhex(v).ok_or_else(|| stanza_error(F_VALUES, "bad hex"))?;
+            let value = hex::decode(v)
+                .ok()
+                .ok_or_else(|| stanza_error(F_VALUES, "bad hex"))?;
             if i != index.to_string() || value.len() != selection.bank().digest_len() {
                 return Err(stanza_error(
                     F_VALUES,
@@ -892,14 +876,6 @@ pub fn pcr_drift(e: &BackendError) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_round_trip() {
-        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
-        assert_eq!(unhex("00ab10"), Some(vec![0, 0xab, 0x10]));
-        assert_eq!(unhex("0g"), None);
-        assert_eq!(unhex("abc"), None);
-    }
 
     #[test]
     fn tpm2b_framing() {

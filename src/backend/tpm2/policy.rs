@@ -225,10 +225,6 @@ pub fn policy_unseal_only() -> [u8; POLICY_DIGEST_LEN] {
 mod tests {
     use super::*;
 
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
     #[test]
     fn parses_pcr_lists() {
         assert_eq!(parse_pcr_list("none").unwrap(), None);
@@ -246,7 +242,7 @@ mod tests {
         let s = PcrSelection::new(Bank::Sha256, &[7, 0, 7, 16]).unwrap();
         assert_eq!(s.pcrs(), &[0, 7, 16]);
         assert_eq!(s.list(), "0,7,16");
-        assert_eq!(hex(&s.marshal()), "00000001000b03810001");
+        assert_eq!(hex::encode(s.marshal()), "00000001000b03810001");
         assert!(PcrSelection::new(Bank::Sha1, &[]).is_err());
         assert!(PcrSelection::new(Bank::Sha1, &[24]).is_err());
     }
@@ -257,18 +253,18 @@ mod tests {
         // swtpm (all PCRs zero): `tpm2_policycommandcode 0x15e` and
         // `tpm2_policypcr -l sha256:7` / `-l sha256:0,7`.
         assert_eq!(
-            hex(&policy_unseal_only()),
+            hex::encode(policy_unseal_only()),
             "e613137076524bde487533865884e9732ebee3aacb095d94a6de492ec06c46fa"
         );
         let zero = [0u8; 32];
         let s7 = PcrSelection::new(Bank::Sha256, &[7]).unwrap();
         assert_eq!(
-            hex(&policy_pcr(&s7, &[&zero])),
+            hex::encode(policy_pcr(&s7, &[&zero])),
             "8b5682d81b29435d08d79278150611dc7e5923b2fefcce684a09577b40130a8b"
         );
         let s07 = PcrSelection::new(Bank::Sha256, &[7, 0]).unwrap();
         assert_eq!(
-            hex(&policy_pcr(&s07, &[&zero, &zero])),
+            hex::encode(policy_pcr(&s07, &[&zero, &zero])),
             "02e3642b3e29eeccfffd8031c00a6f0a0febe5ceea2f6ef6b0322fe81598cf31"
         );
     }
