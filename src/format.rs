@@ -354,6 +354,15 @@ pub fn encode_header(header: &Header) -> Result<Vec<u8>, FormatError> {
     Ok(out.into_bytes())
 }
 
+/// Checks a `name` header value before any work is done: printable ASCII
+/// on one line.
+///
+/// # Errors
+/// [`FormatError::InvalidValue`] for field `name`.
+pub fn check_name(name: &str) -> Result<(), FormatError> {
+    push_field(&mut String::new(), "name", name)
+}
+
 /// Joins an encoded header and the encrypted body into the file's bytes.
 pub fn encode(header_bytes: &[u8], nonce: &[u8; NONCE_LEN], ciphertext: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(header_bytes.len() + NONCE_LEN + ciphertext.len());

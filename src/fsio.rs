@@ -152,6 +152,31 @@ pub fn check_destination(path: &Path, options: &WriteOptions) -> Result<(), IoEr
     Ok(())
 }
 
+/// For replacing an existing file in place: its path with symlinks resolved
+/// (so that a link stays a link and its target is replaced), and write
+/// options that keep its permission bits and group.
+///
+/// # Errors
+/// [`IoError::Read`] if the file cannot be resolved or examined.
+pub fn options_to_replace(path: &Path) -> Result<(PathBuf, WriteOptions), IoError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let err = |source| IoError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let target = fs::canonicalize(path).map_err(err)?;
+    let meta = fs::metadata(&target).map_err(err)?;
+    // Only set a group when it differs from what a new file would get.
+    let group = (meta.gid() != nix::unistd::getegid().as_raw()).then(|| Gid::from_raw(meta.gid()));
+    let options = WriteOptions {
+        mode: meta.mode() & 0o777,
+        group,
+        force: true,
+        allow_persistent: true,
+    };
+    Ok((target, options))
+}
+
 /// The directory a file is (to be) created in.
 fn parent_dir(path: &Path) -> PathBuf {
     match path.parent() {

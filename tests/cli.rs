@@ -540,3 +540,47 @@ fn a_file_with_no_usable_stanza_says_which_types_it_has() {
         "{stderr}"
     );
 }
+
+#[test]
+fn seal_force_replaces_in_place_and_a_bad_name_is_refused_first() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let f = Fixture::new();
+    let uri = f.hsm.uri("kek");
+    // The file is reached through a symlink and has its own mode.
+    fs::set_permissions(&f.sealed, fs::Permissions::from_mode(0o640)).unwrap();
+    let link = f.dir.path().join("link.sealed");
+    std::os::unix::fs::symlink(&f.sealed, &link).unwrap();
+    let out = run_with_stdin(
+        f.hsm
+            .command()
+            .args(["seal", "--force", "--out"])
+            .arg(&link)
+            .args(["--pkcs11", &uri]),
+        SES.as_bytes(),
+    );
+    expect_code(&out, 0);
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let meta = fs::metadata(&f.sealed).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o640);
+    let header = sesame::format::parse(&fs::read(&f.sealed).unwrap())
+        .unwrap()
+        .header;
+    assert_eq!(header.generation, 2);
+
+    // A name that cannot be stored is refused before the secret is read.
+    let fresh = f.dir.path().join("fresh.sealed");
+    let out = run_with_stdin(
+        f.hsm
+            .command()
+            .args(["seal", "--name", "two\tparts", "--out"])
+            .arg(&fresh)
+            .args(["--pkcs11", &uri]),
+        SES.as_bytes(),
+    );
+    let stderr = expect_code(&out, 64);
+    assert!(stderr.contains("--name"), "{stderr}");
+    assert!(!fresh.exists());
+}

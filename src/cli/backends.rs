@@ -203,3 +203,10 @@ pub fn for_unsealing(
     }
     Ok(out)
 }
+
+/// The backends' stanza types joined with `,` (e.g. `tpm2,pkcs11`), for
+/// audit records.
+pub fn kinds(backends: &[Box<dyn KeyBackend>]) -> String {
+    let kinds: Vec<&str> = backends.iter().map(|b| b.kind()).collect();
+    kinds.join(",")
+}

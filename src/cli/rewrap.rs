@@ -3,14 +3,13 @@
 //! commands. Both replace FILE atomically with generation + 1 and a fresh
 //! data key; the old file is untouched on every failure.
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
 use sesame::backend::{self, pkcs11, tpm2, KeyBackend, Local};
 use sesame::envelope::{self, SealOptions, UnsealError};
 use sesame::format::{self, Header};
-use sesame::fsio::{self, IoError, WriteOptions};
+use sesame::fsio::{self, IoError};
 
 use super::audit::{Audit, Outcome};
 use super::backends::{self, BackendKind, SealBackendArgs, Tpm2DeviceArg, UnsealBackendArgs};
@@ -112,7 +111,7 @@ impl Done {
     fn written(&mut self, sealed: &[u8]) {
         if let Ok(header) = format::parse_header_only(sealed) {
             self.generation = Some(header.generation);
-            self.backends = Some(kinds(&header));
+            self.backends = Some(header.kinds());
             self.pcrs = header
                 .stanzas
                 .iter()
@@ -195,13 +194,7 @@ fn rewrap(ctx: &Context, args: &RewrapArgs, done: &mut Done) -> Result<(), CliEr
     }
     // TPM first, as `seal` writes them: unseal tries stanzas in file order.
     sealers.sort_by_key(|b| b.kind() != tpm2::KIND);
-    done.backends = Some(
-        sealers
-            .iter()
-            .map(|b| b.kind())
-            .collect::<Vec<_>>()
-            .join(","),
-    );
+    done.backends = Some(backends::kinds(&sealers));
 
     let unsealed =
         super::unseal::unseal_bytes_for(ctx, &args.file, &bytes, &args.unseal, "rewrap")?;
@@ -222,7 +215,7 @@ fn rotate(ctx: &Context, args: &RotateArgs, done: &mut Done) -> Result<(), CliEr
     let what = format!("rotate {}", args.file.display());
     let (path, bytes, header) = read_existing(&what, &args.file)?;
     done.generation = Some(header.generation);
-    done.backends = Some(kinds(&header));
+    done.backends = Some(header.kinds());
 
     let device = args.unseal.tpm2_device.resolve(ctx);
     let pins = args.unseal.pkcs11_pins(ctx)?;
@@ -294,16 +287,7 @@ fn read_existing(what: &str, file: &Path) -> Result<(PathBuf, Vec<u8>, Header), 
 /// permission bits and group. Refuses if the file changed in the meantime
 /// (another admin's rewrap or rotation): that one would be lost.
 fn replace(what: &str, path: &Path, old: &[u8], new: &[u8]) -> Result<(), CliError> {
-    let read_err = |source| {
-        CliError::io(
-            what,
-            IoError::Read {
-                path: path.to_owned(),
-                source,
-            },
-        )
-    };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
+    let (_, options) = fsio::options_to_replace(path).map_err(|e| CliError::io(what, e))?;
     let current =
         fsio::read_bounded(path, format::MAX_FILE_LEN).map_err(|e| CliError::io(what, e))?;
     if current != old {
@@ -314,15 +298,6 @@ fn replace(what: &str, path: &Path, old: &[u8], new: &[u8]) -> Result<(), CliErr
             Some("run the command again"),
         ));
     }
-    let group = (meta.gid() != nix::unistd::getegid().as_raw())
-        .then(|| nix::unistd::Gid::from_raw(meta.gid()));
-    let options = WriteOptions {
-        mode: meta.mode() & 0o777,
-        group,
-        force: true,
-        // The sealed file is ciphertext: it belongs on persistent disk.
-        allow_persistent: true,
-    };
     fsio::write_atomic(path, new, &options).map_err(|e| CliError::io(what, e))
 }
 
@@ -331,13 +306,4 @@ fn kind_name(kind: BackendKind) -> &'static str {
         BackendKind::Tpm2 => tpm2::KIND,
         BackendKind::Pkcs11 => pkcs11::KIND,
     }
-}
-
-fn kinds(header: &Header) -> String {
-    header
-        .stanzas
-        .iter()
-        .map(|s| s.kind.as_str())
-        .collect::<Vec<_>>()
-        .join(",")
 }

@@ -47,18 +47,37 @@ pub fn run(ctx: &Context, args: SealArgs) -> Result<(), CliError> {
 fn seal(ctx: &Context, args: &SealArgs) -> Result<(), CliError> {
     let what = format!("seal {}", args.out.display());
     // Fail before reading any secret or touching hardware.
-    if !args.force && args.out.symlink_metadata().is_ok() {
-        return Err(CliError::io(
-            &what,
-            fsio::IoError::Exists {
-                path: args.out.clone(),
-            },
-        ));
+    if !args.force {
+        let options = WriteOptions {
+            mode: 0o600,
+            group: None,
+            force: false,
+            allow_persistent: true,
+        };
+        fsio::check_destination(&args.out, &options).map_err(|e| CliError::io(&what, e))?;
+    }
+    if let Some(name) = &args.name {
+        format::check_name(name).map_err(|e| CliError::seal(&what, e.into()))?;
     }
     let mut options = SealOptions::new(args.name.clone());
-    if args.force {
-        options.generation = previous_generation(&args.out).map_or(1, |g| g.saturating_add(1));
-    }
+    // Replacing keeps the file's place (a symlink stays a link), permission
+    // bits and group, and carries its generation on.
+    let (target, write) = match fsio::options_to_replace(&args.out) {
+        Ok(replace) if args.force => {
+            options.generation = previous_generation(&replace.0).map_or(1, |g| g.saturating_add(1));
+            replace
+        }
+        _ => (
+            args.out.clone(),
+            WriteOptions {
+                mode: 0o600,
+                group: None,
+                force: args.force,
+                // The sealed file is ciphertext: it belongs on persistent disk.
+                allow_persistent: true,
+            },
+        ),
+    };
     let mut backends = backends::for_sealing(ctx, &args.backends)?;
     let document = read_secret(args.ses.prompt_fields()).map_err(|e| e.with_what(&what))?;
     let document = args
@@ -69,15 +88,8 @@ fn seal(ctx: &Context, args: &SealArgs) -> Result<(), CliError> {
         backends.iter_mut().map(|b| b.as_mut() as _).collect();
     let sealed =
         envelope::seal(&document, &options, &mut refs).map_err(|e| CliError::seal(&what, e))?;
-    let write = WriteOptions {
-        mode: 0o600,
-        group: None,
-        force: args.force,
-        // The sealed file is ciphertext: it belongs on persistent disk.
-        allow_persistent: true,
-    };
-    fsio::write_atomic(&args.out, &sealed, &write).map_err(|e| CliError::io(&what, e))?;
-    let kinds = refs_kinds(&backends);
+    fsio::write_atomic(&target, &sealed, &write).map_err(|e| CliError::io(&what, e))?;
+    let kinds = backends::kinds(&backends);
     let pcrs = args
         .backends
         .tpm2_pcrs
@@ -93,14 +105,6 @@ fn seal(ctx: &Context, args: &SealArgs) -> Result<(), CliError> {
     }
     .emit();
     Ok(())
-}
-
-fn refs_kinds(backends: &[Box<dyn sesame::backend::KeyBackend>]) -> String {
-    backends
-        .iter()
-        .map(|b| b.kind())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn previous_generation(path: &std::path::Path) -> Option<u64> {
