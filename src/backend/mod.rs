@@ -120,6 +120,20 @@ pub enum BackendError {
         /// What to do.
         hint: String,
     },
+    /// The hardware refused because the measured boot state (TPM PCRs) is no
+    /// longer the one the key was sealed to (exit 77, like [`Self::Refused`]).
+    /// `changed` says which PCRs, for status and pre-flight reports.
+    #[error("{backend}: {reason}")]
+    StateChanged {
+        /// Backend name.
+        backend: &'static str,
+        /// What was refused (names the device and the PCRs).
+        reason: String,
+        /// Which PCRs changed, e.g. `sha256 PCR 7 changed since sealing`.
+        changed: String,
+        /// What to do.
+        hint: String,
+    },
     /// The stanza itself is malformed (exit 65).
     #[error("{backend}: stanza: {source}")]
     Stanza {
@@ -158,6 +172,7 @@ impl BackendError {
             Self::Unavailable { backend, .. }
             | Self::Busy { backend, .. }
             | Self::Refused { backend, .. }
+            | Self::StateChanged { backend, .. }
             | Self::Stanza { backend, .. }
             | Self::Config { backend, .. }
             | Self::Exists { backend, .. } => backend,
@@ -170,6 +185,7 @@ impl BackendError {
             Self::Unavailable { hint, .. }
             | Self::Busy { hint, .. }
             | Self::Refused { hint, .. }
+            | Self::StateChanged { hint, .. }
             | Self::Config { hint, .. }
             | Self::Exists { hint, .. } => Some(hint.as_str()).filter(|h| !h.is_empty()),
             Self::Stanza { .. } => {
@@ -185,7 +201,7 @@ impl BackendError {
     pub fn precedence(&self) -> u8 {
         match self {
             Self::Busy { .. } => 6,
-            Self::Refused { .. } => 5,
+            Self::Refused { .. } | Self::StateChanged { .. } => 5,
             Self::Stanza { .. } => 4,
             Self::Config { .. } => 3,
             Self::Exists { .. } => 2,

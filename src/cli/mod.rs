@@ -292,7 +292,7 @@ impl CliError {
         let code = match e {
             BackendError::Unavailable { .. } => exit::UNAVAILABLE,
             BackendError::Busy { .. } => exit::TEMPFAIL,
-            BackendError::Refused { .. } => exit::NOPERM,
+            BackendError::Refused { .. } | BackendError::StateChanged { .. } => exit::NOPERM,
             BackendError::Stanza { .. } => exit::DATAERR,
             BackendError::Config { .. } => exit::CONFIG,
             BackendError::Exists { .. } => exit::CANTCREAT,

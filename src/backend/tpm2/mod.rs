@@ -841,16 +841,15 @@ fn pcrs_changed(tpm: &mut Tpm, device: &str, selection: &PcrSelection, sealed: &
 }
 
 /// How every PCR refusal's `which` part ends (or continues, when reading the
-/// PCRs failed) and [`PCRS_RACED`]: what [`pcr_drift`] recognises.
+/// PCRs failed).
 const PCRS_CHANGED: &str = " changed since sealing";
 const PCRS_RACED: &str = "the selected PCRs changed while checking";
-/// Between the device and the `which` part of a refusal.
-const REFUSED: &str = " refused: ";
 
 fn pcr_refusal(device: &str, selection: &PcrSelection, which: &str) -> BackendError {
-    BackendError::Refused {
+    BackendError::StateChanged {
         backend: KIND,
-        reason: format!("the TPM at {device}{REFUSED}{which}"),
+        reason: format!("the TPM at {device} refused: {which}"),
+        changed: which.to_owned(),
         hint: format!(
             "the boot state differs from when this file was sealed with --tpm2-pcrs {} (firmware, bootloader or Secure Boot dbx update?); if that is expected, unseal with another backend of the file and seal again (`sesame inspect --tpm2-device` shows the check)",
             selection.list()
@@ -863,12 +862,9 @@ fn pcr_refusal(device: &str, selection: &PcrSelection, which: &str) -> BackendEr
 /// that a caller who just tried to unseal need not ask the TPM again.
 pub fn pcr_drift(e: &BackendError) -> Option<&str> {
     match e {
-        BackendError::Refused {
-            backend, reason, ..
-        } if *backend == KIND => {
-            let (_, which) = reason.split_once(REFUSED)?;
-            (which.contains(PCRS_CHANGED) || which == PCRS_RACED).then_some(which)
-        }
+        BackendError::StateChanged {
+            backend, changed, ..
+        } if *backend == KIND => Some(changed),
         _ => None,
     }
 }
