@@ -31,8 +31,8 @@ pub struct SealBackendArgs {
     pub pkcs11: Vec<String>,
     /// RSA-OAEP hash for --pkcs11 keys that are RSA [default: sha256]. SoftHSM 2.6
     /// supports only sha1.
-    #[arg(long, value_name = "HASH", value_parser = ["sha1", "sha256", "sha384", "sha512"], requires = "pkcs11")]
-    pub pkcs11_oaep_hash: Option<String>,
+    #[arg(long, value_name = "HASH", value_parser = parse_oaep_hash, requires = "pkcs11")]
+    pub pkcs11_oaep_hash: Option<OaepHash>,
     /// Read the PKCS#11 PIN from here instead of the URI's pin-source (`file:PATH`;
     /// not recorded in the sealed file) [default: the URI's pin-source, else
     /// pkcs11_pin_source from the config file, else a prompt on a terminal].
@@ -153,13 +153,7 @@ pub fn for_sealing(
             .map_err(|e| CliError::backend(format!("seal with {}", tpm2::KIND), e))?;
         out.push(Box::new(backend));
     }
-    // Invariant: clap only lets the listed names through.
-    let oaep_hash = args
-        .pkcs11_oaep_hash
-        .as_deref()
-        .map_or(OaepHash::DEFAULT, |h| {
-            OaepHash::parse(h).expect("clap restricts --pkcs11-oaep-hash")
-        });
+    let oaep_hash = args.pkcs11_oaep_hash.unwrap_or(OaepHash::DEFAULT);
     let pins = if args.pkcs11.is_empty() {
         PinSources::default()
     } else {
@@ -202,6 +196,12 @@ pub fn for_unsealing(
         )));
     }
     Ok(out)
+}
+
+/// `--pkcs11-oaep-hash`: `sha1`, `sha256`, `sha384` or `sha512`.
+pub fn parse_oaep_hash(text: &str) -> Result<OaepHash, String> {
+    OaepHash::parse(text)
+        .ok_or_else(|| format!("{text:?} is not one of sha1, sha256, sha384, sha512"))
 }
 
 /// The backends' stanza types joined with `,` (e.g. `tpm2,pkcs11`), for

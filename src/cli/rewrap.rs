@@ -32,8 +32,8 @@ pub struct NewBackendArgs {
     #[arg(long = "pkcs11", value_name = "URI")]
     pkcs11: Vec<String>,
     /// RSA-OAEP hash for --pkcs11 keys that are RSA [default: sha256].
-    #[arg(long, value_name = "HASH", value_parser = ["sha1", "sha256", "sha384", "sha512"], requires = "pkcs11")]
-    pkcs11_oaep_hash: Option<String>,
+    #[arg(long, value_name = "HASH", value_parser = backends::parse_oaep_hash, requires = "pkcs11")]
+    pkcs11_oaep_hash: Option<pkcs11::OaepHash>,
 }
 
 /// `sesame rewrap FILE [--tpm2 …] [--pkcs11 URI …] [--keep[=TYPES]]`
@@ -153,7 +153,7 @@ fn rewrap(ctx: &Context, args: &RewrapArgs, done: &mut Done) -> Result<(), CliEr
             tpm2_pcrs: args.new.tpm2_pcrs.clone(),
             tpm2_pcr_bank: args.new.tpm2_pcr_bank.clone(),
             pkcs11: args.new.pkcs11.clone(),
-            pkcs11_oaep_hash: args.new.pkcs11_oaep_hash.clone(),
+            pkcs11_oaep_hash: args.new.pkcs11_oaep_hash,
             pkcs11_pin_source: args.unseal.pkcs11_pin_source.clone(),
         };
         sealers = backends::for_sealing(ctx, &seal_args).map_err(|e| e.with_what(&what))?;
