@@ -120,6 +120,11 @@ pub fn check(params: &CheckParams<'_>) -> Result<CheckReport, CheckError> {
         port,
         reason: describe(e),
     };
+    let temporary = |e: &SmtpError| CheckError::Temporary {
+        host: host.to_owned(),
+        port,
+        reply: describe(e),
+    };
     let tls_failed = |reason: String| CheckError::Tls {
         host: host.to_owned(),
         port,
@@ -131,11 +136,7 @@ pub fn check(params: &CheckParams<'_>) -> Result<CheckReport, CheckError> {
     let mut conn = SmtpConnection::connect((host, port), Some(params.timeout), &hello, None, None)
         .map_err(|e| {
             if e.is_transient() {
-                CheckError::Temporary {
-                    host: host.to_owned(),
-                    port,
-                    reply: describe(&e),
-                }
+                temporary(&e)
             } else {
                 unreachable(&e)
             }
@@ -181,11 +182,7 @@ pub fn check(params: &CheckParams<'_>) -> Result<CheckReport, CheckError> {
                     reply: describe(&e),
                 }
             } else if e.is_transient() {
-                CheckError::Temporary {
-                    host: host.to_owned(),
-                    port,
-                    reply: describe(&e),
-                }
+                temporary(&e)
             } else {
                 unreachable(&e)
             });
