@@ -3,7 +3,7 @@
 use std::io::IsTerminal as _;
 
 use clap::{Args, ValueEnum};
-use sesame::backend::pkcs11::{self, OaepHash, PinPrompt, PinSources, Pkcs11Backend};
+use sesame::backend::pkcs11::{OaepHash, PinPrompt, PinSources, Pkcs11Backend};
 use sesame::backend::tpm2::{self, Tpm2Backend};
 use sesame::backend::KeyBackend;
 use sesame::pin::{PinError, PinSource};
@@ -129,12 +129,15 @@ pub fn terminal_pin_prompt() -> Option<PinPrompt> {
 }
 
 /// Builds the backends `seal` wraps with, in command-line order (TPM first).
+/// `what` names the operation and file in errors (`seal /etc/sesame/x.sealed`);
+/// the backend's own message names the backend.
 ///
 /// # Errors
 /// Usage or backend configuration errors.
 pub fn for_sealing(
     ctx: &Context,
     args: &SealBackendArgs,
+    what: &str,
 ) -> Result<Vec<Box<dyn KeyBackend>>, CliError> {
     let mut out: Vec<Box<dyn KeyBackend>> = Vec::new();
     if args.tpm2 {
@@ -150,7 +153,7 @@ pub fn for_sealing(
             .or_else(|| ctx.config.tpm2_pcr_bank.clone())
             .unwrap_or_else(|| "sha256".into());
         let backend = Tpm2Backend::for_sealing(&device, &pcrs, &bank)
-            .map_err(|e| CliError::backend(format!("seal with {}", tpm2::KIND), e))?;
+            .map_err(|e| CliError::backend(what, e))?;
         out.push(Box::new(backend));
     }
     let oaep_hash = args.pkcs11_oaep_hash.unwrap_or(OaepHash::DEFAULT);
@@ -161,13 +164,13 @@ pub fn for_sealing(
     };
     for uri in &args.pkcs11 {
         let backend = Pkcs11Backend::for_sealing(uri, pins.clone(), terminal_pin_prompt())
-            .map_err(|e| CliError::backend(format!("seal with {}", pkcs11::KIND), e))?
+            .map_err(|e| CliError::backend(what, e))?
             .with_oaep_hash(oaep_hash);
         out.push(Box::new(backend));
     }
     if out.is_empty() {
         return Err(CliError::usage(
-            "seal",
+            what,
             "no key backend given",
             Some("add --tpm2 and/or --pkcs11 URI"),
         ));

@@ -156,7 +156,7 @@ fn rewrap(ctx: &Context, args: &RewrapArgs, done: &mut Done) -> Result<(), CliEr
             pkcs11_oaep_hash: args.new.pkcs11_oaep_hash,
             pkcs11_pin_source: args.unseal.pkcs11_pin_source.clone(),
         };
-        sealers = backends::for_sealing(ctx, &seal_args).map_err(|e| e.with_what(&what))?;
+        sealers = backends::for_sealing(ctx, &seal_args, &what)?;
     }
     if let Some(keep) = &args.keep {
         let pins = args.unseal.pkcs11_pins(ctx)?;

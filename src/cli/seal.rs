@@ -78,7 +78,7 @@ fn seal(ctx: &Context, args: &SealArgs) -> Result<(), CliError> {
             },
         ),
     };
-    let mut backends = backends::for_sealing(ctx, &args.backends)?;
+    let mut backends = backends::for_sealing(ctx, &args.backends, &what)?;
     let document = read_secret(args.ses.prompt_fields()).map_err(|e| e.with_what(&what))?;
     let document = args
         .ses
