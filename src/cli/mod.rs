@@ -375,12 +375,13 @@ impl CliError {
             IoError::NoSuchGroup(_) => (exit::USAGE, "create the group or use its numeric id"),
             _ => (exit::SOFTWARE, ""),
         };
-        Self::new(
-            code,
-            what,
-            e.to_string(),
-            Some(hint).filter(|h| !h.is_empty()),
-        )
+        // Name the file once: in `what` when it is already there, else in `why`.
+        let what = what.into();
+        let why = match e.path() {
+            Some(p) if what.contains(&*p.to_string_lossy()) => e.detail(),
+            _ => e.to_string(),
+        };
+        Self::new(code, what, why, Some(hint).filter(|h| !h.is_empty()))
     }
 
     /// Bad secret input.
