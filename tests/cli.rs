@@ -272,9 +272,11 @@ fn tampering_is_detected_and_reported_as_65() {
         }
     }
 
-    // Missing file.
+    // Missing file: named once, not twice.
     let p = f.dir.path().join("missing.sealed");
-    one_line_naming(&expect_code(&f.unseal(&p, &[]), 66), &p);
+    let stderr = expect_code(&f.unseal(&p, &[]), 66);
+    one_line_naming(&stderr, &p);
+    assert_eq!(stderr.matches(&*p.to_string_lossy()).count(), 1, "{stderr}");
 }
 
 #[test]
