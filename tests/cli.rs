@@ -22,8 +22,7 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let hsm = SoftHsm::new("sesame-test");
-        hsm.create_key("kek", "aes");
+        let hsm = SoftHsm::with_aes_key("sesame-test", "kek");
         let dir = tempfile::tempdir().unwrap();
         let sealed = dir.path().join("ses.sealed");
         let out = run_with_stdin(
@@ -338,8 +337,7 @@ fn seal_is_atomic_and_refuses_to_overwrite() {
 
 #[test]
 fn bad_secret_input_is_rejected_without_echoing_it() {
-    let hsm = SoftHsm::new("sesame-test");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame-test", "kek");
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("x.sealed");
     // Mistyped lines put (part of) a secret where the field name should be:
@@ -412,8 +410,7 @@ fn bad_secret_input_is_rejected_without_echoing_it() {
 
 #[test]
 fn exim_format_refuses_values_that_break_its_lines() {
-    let hsm = SoftHsm::new("sesame-test");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame-test", "kek");
     let dir = tempfile::tempdir().unwrap();
     for (name, input) in [
         ("colon", r#"{"username":"u","password":"Zq9-known:SECRET"}"#),

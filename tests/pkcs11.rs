@@ -75,8 +75,7 @@ fn stdout(out: &Output) -> String {
 
 #[test]
 fn aes_seal_unseal_in_every_format() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let file = seal_ok(&hsm, "aes", &hsm.uri("kek"), &[]);
 
     let header = std::fs::read(&file).unwrap();
@@ -188,8 +187,7 @@ fn rsa_sealing_needs_only_the_public_key_and_pin_source_override_works() {
 
 #[test]
 fn pin_source_override_replaces_the_recorded_one() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     // The recorded pin-source will not exist at unseal time.
     let old_pin = hsm.dir().join("old.pin");
     write_private(&old_pin, &format!("{}\n", hsm.pin()));
@@ -215,8 +213,7 @@ fn pin_source_override_replaces_the_recorded_one() {
 
 #[test]
 fn create_key_refuses_an_existing_label() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     hsm.create_key("rsa-kek", "rsa");
     for (label, key_type) in [("kek", "aes"), ("kek", "rsa"), ("rsa-kek", "aes")] {
         let out =
@@ -229,8 +226,7 @@ fn create_key_refuses_an_existing_label() {
 
 #[test]
 fn created_keys_are_sensitive_and_never_extractable() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     hsm.create_key("rsa-kek", "rsa");
     // Listed by an independent PKCS#11 client.
     let out = Command::new("pkcs11-tool")
@@ -463,8 +459,7 @@ fn pin_source_precedence_is_flag_then_uri_then_config() {
 
 #[test]
 fn wrong_pin_is_refused() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let file = seal_ok(&hsm, "pin", &hsm.uri("kek"), &[]);
     let wrong = hsm.dir().join("wrong.pin");
     write_private(&wrong, "000000\n");
@@ -475,8 +470,7 @@ fn wrong_pin_is_refused() {
 
 #[test]
 fn group_readable_pin_file_is_refused() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let file = seal_ok(&hsm, "open-pin", &hsm.uri("kek"), &[]);
     let open = hsm.dir().join("open.pin");
     std::fs::write(&open, format!("{}\n", hsm.pin())).unwrap();
@@ -504,8 +498,7 @@ fn group_readable_pin_file_is_refused() {
 
 #[test]
 fn missing_module_and_non_pkcs11_library_are_unavailable() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let module = SoftHsm::module_path().display().to_string();
 
     let missing = hsm.uri("kek").replace(&module, "/nonexistent/libpkcs11.so");
@@ -565,8 +558,7 @@ fn token_missing_is_unavailable_and_lists_tokens() {
 
 #[test]
 fn key_missing_is_refused() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let out = seal(&hsm, &sealed_path(&hsm, "x"), &hsm.uri("nosuch"), &[]);
     assert_error_line(&out, 77, "seal", "key missing");
     // And at unseal: the stanza names a key that is gone.
@@ -650,8 +642,7 @@ fn pin_value_in_a_uri_is_refused() {
 
 #[test]
 fn eight_parallel_unseals_all_succeed() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let file = seal_ok(&hsm, "par", &hsm.uri("kek"), &[]);
     let children: Vec<_> = (0..8)
         .map(|_| {
@@ -675,8 +666,7 @@ fn eight_parallel_unseals_all_succeed() {
 
 #[test]
 fn secret_and_pin_never_reach_the_logs() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     hsm.create_key("rsa-kek", "rsa");
     let check = |out: &Output| {
         for stream in [&out.stdout, &out.stderr] {

@@ -68,6 +68,14 @@ impl SoftHsm {
         }
     }
 
+    /// A new token labelled `token` (see [`SoftHsm::new`]) holding the AES
+    /// key `key`.
+    pub fn with_aes_key(token: &str, key: &str) -> Self {
+        let hsm = Self::new(token);
+        hsm.create_key(key, "aes");
+        hsm
+    }
+
     /// The SoftHSM module: Debian's two paths, then other distributions'.
     pub fn module_path() -> PathBuf {
         [
