@@ -168,7 +168,7 @@ fn rsa_sealing_needs_only_the_public_key_and_pin_source_override_works() {
     let out = unseal(&mut hsm.command(), &file, &[]);
     assert_error_line(&out, 78, &file.display().to_string(), "no PIN");
 
-    let pin_source = format!("file:{}", hsm.pin_file().display());
+    let pin_source = hsm.pin_source();
     let out = unseal(
         &mut hsm.command(),
         &file,
@@ -202,7 +202,7 @@ fn pin_source_override_replaces_the_recorded_one() {
     let out = unseal(&mut hsm.command(), &file, &[]);
     assert_error_line(&out, 78, &file.display().to_string(), "old.pin");
 
-    let pin_source = format!("file:{}", hsm.pin_file().display());
+    let pin_source = hsm.pin_source();
     let out = unseal(
         &mut hsm.command(),
         &file,
@@ -368,7 +368,7 @@ fn keys_that_can_leave_the_token_are_refused() {
 #[test]
 fn pin_source_precedence_is_flag_then_uri_then_config() {
     let hsm = SoftHsm::new("sesame");
-    let good = format!("file:{}", hsm.pin_file().display());
+    let good = hsm.pin_source();
     // Missing files: the error names the one that was used.
     let flag_missing = format!("file:{}", hsm.dir().join("from-flag.pin").display());
     let config_missing = hsm.dir().join("from-config.toml");
@@ -573,12 +573,10 @@ fn key_missing_is_refused() {
 fn a_different_key_under_the_same_names_is_refused() {
     // Two tokens with the same token and key labels: the key on B is not the
     // one the file was sealed to.
-    let a = SoftHsm::new("sesame");
-    let b = SoftHsm::new("sesame");
-    a.create_key("kek", "aes");
-    b.create_key("kek", "aes");
+    let a = SoftHsm::with_aes_key("sesame", "kek");
+    let b = SoftHsm::with_aes_key("sesame", "kek");
     let file = seal_ok(&a, "a", &a.uri("kek"), &[]);
-    let pin_b = format!("file:{}", b.pin_file().display());
+    let pin_b = b.pin_source();
     let out = unseal(&mut b.command(), &file, &["--pkcs11-pin-source", &pin_b]);
     assert_error_line(&out, 77, &file.display().to_string(), "key different");
 
@@ -621,7 +619,7 @@ fn rsa_stanza_for_another_key_pair_is_refused() {
         replace_bytes(&text, format!("{id_line}\n").as_bytes(), b""),
     )
     .unwrap();
-    let pin_b = format!("file:{}", b.pin_file().display());
+    let pin_b = b.pin_source();
     let out = unseal(&mut b.command(), &file, &["--pkcs11-pin-source", &pin_b]);
     assert_error_line(
         &out,

@@ -42,14 +42,17 @@ fn seal(cmd: &mut Command, file: &Path, backends: &[&str]) {
     expect_code(&out, 0);
 }
 
-/// Seals [`SECRET`] to `hsm`'s key `kek` alone, as `name` in its directory.
-fn seal_to_kek(hsm: &SoftHsm, name: &str) -> PathBuf {
+/// Seals [`SECRET`] as `name` in `hsm`'s directory: to `tpm` with `tpm_flags`
+/// (e.g. `--tpm2`), then to `hsm`'s key `kek`.
+fn seal_with_kek(hsm: &SoftHsm, tpm: Option<&Swtpm>, name: &str, tpm_flags: &[&str]) -> PathBuf {
     let file = hsm.dir().join(name);
-    seal(
-        &mut sesame(hsm, None),
-        &file,
-        &["--pkcs11", &hsm.uri("kek")],
-    );
+    let uri = hsm.uri("kek");
+    let backends: Vec<&str> = tpm_flags
+        .iter()
+        .copied()
+        .chain(["--pkcs11", &uri])
+        .collect();
+    seal(&mut sesame(hsm, tpm), &file, &backends);
     file
 }
 
@@ -123,7 +126,7 @@ fn audit_events(stderr: &str, event: &str) -> Vec<serde_json::Value> {
 fn enrol_a_tpm_with_the_hsm_stanza_then_unseal_with_the_tpm_alone() {
     let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
-    let file = seal_to_kek(&hsm, "ses.sealed");
+    let file = seal_with_kek(&hsm, None, "ses.sealed", &[]);
     let before = header(&file);
 
     rewrap(
@@ -164,12 +167,7 @@ fn enrol_a_tpm_with_the_hsm_stanza_then_unseal_with_the_tpm_alone() {
 fn dropping_a_backend_removes_its_stanza_and_its_old_key_opens_nothing() {
     let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, Some(&tpm)),
-        &file,
-        &["--tpm2", "--pkcs11", &hsm.uri("kek")],
-    );
+    let file = seal_with_kek(&hsm, Some(&tpm), "ses.sealed", &["--tpm2"]);
     let old_bytes = std::fs::read(&file).unwrap();
     let old = format::parse(&old_bytes).unwrap();
     assert_eq!(kinds(&file), ["tpm2", "pkcs11"]);
@@ -265,12 +263,7 @@ fn moving_to_a_new_machine_keeps_the_hsm_and_refuses_the_old_tpm() {
     let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let old_tpm = Swtpm::start();
     let new_tpm = Swtpm::start();
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, Some(&old_tpm)),
-        &file,
-        &["--tpm2", "--pkcs11", &hsm.uri("kek")],
-    );
+    let file = seal_with_kek(&hsm, Some(&old_tpm), "ses.sealed", &["--tpm2"]);
     let before = std::fs::read(&file).unwrap();
 
     // --keep would re-seal the old machine's TPM stanza to this TPM: refused.
@@ -299,11 +292,11 @@ fn rotate_replaces_the_secret_with_the_same_backends() {
     let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
     tpm.extend_pcr(7);
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, Some(&tpm)),
-        &file,
-        &["--tpm2", "--tpm2-pcrs", "0,7", "--pkcs11", &hsm.uri("kek")],
+    let file = seal_with_kek(
+        &hsm,
+        Some(&tpm),
+        "ses.sealed",
+        &["--tpm2", "--tpm2-pcrs", "0,7"],
     );
     let before = header(&file);
 
@@ -385,14 +378,11 @@ fn rotate_after_a_pcr_change_needs_no_verify() {
 #[test]
 fn rotate_refuses_a_replaced_hsm_key() {
     // Same token and key labels, another key: the recorded CKA_ID differs.
-    let a = SoftHsm::new("sesame");
-    let b = SoftHsm::new("sesame");
-    a.create_key("kek", "aes");
-    b.create_key("kek", "aes");
-    let file = a.dir().join("ses.sealed");
-    seal(&mut sesame(&a, None), &file, &["--pkcs11", &a.uri("kek")]);
+    let a = SoftHsm::with_aes_key("sesame", "kek");
+    let b = SoftHsm::with_aes_key("sesame", "kek");
+    let file = seal_with_kek(&a, None, "ses.sealed", &[]);
     let before = std::fs::read(&file).unwrap();
-    let pin_b = format!("file:{}", b.pin_file().display());
+    let pin_b = b.pin_source();
     let stderr = rotate(
         &mut sesame(&b, None),
         &file,
@@ -408,7 +398,7 @@ fn rotate_refuses_a_replaced_hsm_key() {
 fn failures_leave_the_file_byte_identical() {
     let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
-    let file = seal_to_kek(&hsm, "ses.sealed");
+    let file = seal_with_kek(&hsm, None, "ses.sealed", &[]);
     let before = std::fs::read(&file).unwrap();
     let unchanged = |what: &str| {
         assert_eq!(std::fs::read(&file).unwrap(), before, "after {what}");
@@ -493,7 +483,7 @@ fn failures_leave_the_file_byte_identical() {
 fn mode_group_and_symlink_are_kept() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
     let hsm = SoftHsm::with_aes_key("sesame", "kek");
-    let file = seal_to_kek(&hsm, "ses-2026.sealed");
+    let file = seal_with_kek(&hsm, None, "ses-2026.sealed", &[]);
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let link = hsm.dir().join("ses.sealed");
     std::os::unix::fs::symlink(&file, &link).unwrap();
@@ -514,7 +504,7 @@ fn mode_group_and_symlink_are_kept() {
 fn audit_events_for_rewrap_and_rotate_never_hold_the_secret() {
     let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
-    let file = seal_to_kek(&hsm, "ses.sealed");
+    let file = seal_with_kek(&hsm, None, "ses.sealed", &[]);
 
     let out = run(sesame(&hsm, Some(&tpm))
         .args(["rewrap", "--log-format", "json", "-vvv", "--keep", "--tpm2"])
@@ -649,11 +639,11 @@ fn rotate_ses_credentials_from_an_iam_key() {
 fn rewrap_keep_after_a_pcr_change_reseals_the_tpm_via_the_hsm() {
     let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, Some(&tpm)),
-        &file,
-        &["--tpm2", "--tpm2-pcrs", "7", "--pkcs11", &hsm.uri("kek")],
+    let file = seal_with_kek(
+        &hsm,
+        Some(&tpm),
+        "ses.sealed",
+        &["--tpm2", "--tpm2-pcrs", "7"],
     );
     tpm.extend_pcr(7); // the update, and the reboot into the new state
     tpm2_unseal(&tpm, &file, 77);

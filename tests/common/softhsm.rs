@@ -136,6 +136,11 @@ impl SoftHsm {
         &self.pin_file
     }
 
+    /// `file:` and the PIN file: a value for `--pkcs11-pin-source`.
+    pub fn pin_source(&self) -> String {
+        format!("file:{}", self.pin_file.display())
+    }
+
     /// The user PIN (for tests that check it never leaks).
     pub fn pin(&self) -> &str {
         &self.pin
