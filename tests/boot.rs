@@ -542,10 +542,7 @@ fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
         format!("localhost:{SES_USER}:{SES_PASSWORD}\n")
     );
     let env = run_dir.path().join("env");
-    assert_eq!(
-        fs::metadata(&env).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(common::mode(&env), 0o600);
     assert!(fs::read_to_string(&env)
         .unwrap()
         .contains(&format!("SES_USERNAME=\"{SES_USER}\"\n")));
