@@ -560,6 +560,13 @@ fn foreign_sealed() -> (tempfile::TempDir, PathBuf) {
     (dir, foreign)
 }
 
+/// Runs `sesame ARGS FILE`, asserts exit `code`; returns the output and stderr.
+fn run_on(args: &[&str], file: &Path, code: i32) -> (Output, String) {
+    let out = run(sesame().args(args).arg(file));
+    let stderr = expect_code(&out, code);
+    (out, stderr)
+}
+
 fn status_json(files: &[&Path]) -> (Output, serde_json::Value) {
     let out = run(sesame().args(["status", "--json"]).args(files));
     let value = serde_json::from_slice(&out.stdout).expect("status --json prints JSON");
@@ -594,8 +601,7 @@ fn status_is_critical_when_nothing_can_unseal() {
         .contains("cannot read"));
 
     // Text: the first line is the Nagios summary.
-    let out = run(sesame().arg("status").arg(&foreign));
-    expect_code(&out, 2);
+    let (out, _) = run_on(&["status"], &foreign, 2);
     let text = stdout(&out);
     assert!(text.starts_with("SESAME CRITICAL - "), "{text}");
     assert!(
@@ -609,10 +615,7 @@ fn unseal_failures_are_audited_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("missing.sealed");
     // JSON: exactly one audit event, plus the one-line error.
-    let out = run(sesame()
-        .args(["unseal", "--log-format", "json"])
-        .arg(&missing));
-    let stderr = expect_code(&out, 66);
+    let (_, stderr) = run_on(&["unseal", "--log-format", "json"], &missing, 66);
     let events = json_lines(&stderr);
     assert_eq!(events.len(), 1, "{stderr}");
     assert_eq!(events[0]["target"], "sesame::audit");
@@ -620,12 +623,10 @@ fn unseal_failures_are_audited_once() {
     assert_eq!(events[0]["outcome"], "failed");
     assert_eq!(events[0]["file"], missing.display().to_string());
     // Text at default verbosity: the error line alone.
-    let out = run(sesame().arg("unseal").arg(&missing));
-    let stderr = expect_code(&out, 66);
+    let (_, stderr) = run_on(&["unseal"], &missing, 66);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     // Text with -v: the audit event too, journald-friendly (no timestamp, no colour).
-    let out = run(sesame().args(["unseal", "-v"]).arg(&missing));
-    let stderr = expect_code(&out, 66);
+    let (_, stderr) = run_on(&["unseal", "-v"], &missing, 66);
     let audit: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("sesame::audit"))
@@ -639,20 +640,18 @@ fn unseal_failures_are_audited_once() {
 fn status_with_no_default_files_or_bad_options_is_unknown() {
     // A bad PIN source is a problem with the check itself, not the files.
     let (_dir, foreign) = foreign_sealed();
-    let out = run(sesame()
-        .args(["status", "--pkcs11-pin-source", "nonsense:x"])
-        .arg(&foreign));
-    expect_code(&out, 3);
+    let (out, _) = run_on(
+        &["status", "--pkcs11-pin-source", "nonsense:x"],
+        &foreign,
+        3,
+    );
     assert_summary(&out, "SESAME UNKNOWN - ");
 }
 
 #[test]
 fn audit_json_has_the_documented_fields() {
     let (_dir, foreign) = foreign_sealed();
-    let out = run(sesame()
-        .args(["unseal", "--log-format", "json"])
-        .arg(&foreign));
-    let stderr = expect_code(&out, 69);
+    let (_, stderr) = run_on(&["unseal", "--log-format", "json"], &foreign, 69);
     let line = stderr
         .lines()
         .find(|l| l.starts_with('{'))
@@ -679,16 +678,9 @@ fn audit_json_has_the_documented_fields() {
 use common::softhsm::SoftHsm;
 use common::write_private;
 
-/// A SoftHSM token with an AES key `kek`.
-fn token() -> SoftHsm {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
-    hsm
-}
-
 #[test]
 fn seal_ses_then_unseal_and_check_live() {
-    let hsm = token();
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let sealed = hsm.dir().join("ses.sealed");
     let secret = random_secret();
     let out = run_with_stdin(
@@ -782,7 +774,7 @@ fn seal_ses_then_unseal_and_check_live() {
 
 #[test]
 fn check_never_echoes_region_host_or_port_from_the_sealed_document() {
-    let hsm = token();
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     for (i, (document, field)) in leaky_documents().into_iter().enumerate() {
         let sealed = hsm.dir().join(format!("leaky-{i}.sealed"));
         // Sealed without --ses, so nothing checked the fields at seal time.
@@ -812,7 +804,7 @@ fn seal_document(hsm: &SoftHsm, uris: &[String], path: &Path, document: &str) {
 
 #[test]
 fn status_ok_and_credential_age() {
-    let hsm = token();
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let fresh = hsm.dir().join("fresh.sealed");
     let old = hsm.dir().join("old.sealed");
     seal_document(&hsm, &[hsm.uri("kek")], &fresh, "username=u\npassword=p\n");
@@ -876,7 +868,7 @@ fn status_ok_and_credential_age() {
 
 #[test]
 fn status_warns_when_one_backend_cannot_unseal_and_is_critical_when_none_can() {
-    let hsm = token();
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     hsm.create_key("kek2", "aes");
     // The second stanza reads its PIN from its own file, broken after sealing.
     let second_pin = hsm.dir().join("second.pin");
