@@ -58,6 +58,23 @@ fn unit_dir(root: &Path) -> std::path::PathBuf {
     root.join("etc/systemd/system")
 }
 
+/// The text of instance `name`'s drop-in, `50-sesame.conf`, under `root`.
+fn drop_in(root: &Path, name: &str) -> String {
+    fs::read_to_string(
+        unit_dir(root).join(format!("sesame-unseal@{name}.service.d/50-sesame.conf")),
+    )
+    .unwrap()
+}
+
+/// Asserts that `unit` under `root` scores at most [`MAX_EXPOSURE`].
+fn assert_exposure_ok(root: &Path, unit: &str) {
+    let score = exposure(root, unit);
+    assert!(
+        score <= MAX_EXPOSURE,
+        "{unit}: exposure {score} > {MAX_EXPOSURE}"
+    );
+}
+
 #[test]
 fn installed_unit_is_the_packaged_text_and_scores_at_most_1_5() {
     let root = tempfile::tempdir().unwrap();
@@ -88,10 +105,7 @@ fn installed_unit_is_the_packaged_text_and_scores_at_most_1_5() {
     expect_code(&printed, 0);
     assert_eq!(printed.stdout, packaged);
 
-    let drop_in = fs::read_to_string(
-        unit_dir(root.path()).join("sesame-unseal@ses.service.d/50-sesame.conf"),
-    )
-    .unwrap();
+    let drop_in = drop_in(root.path(), "ses");
     assert!(drop_in.contains("Before=httpd.service\n"), "{drop_in}");
     assert!(drop_in.contains("Wants=dev-tpmrm0.device\n"), "{drop_in}");
     assert!(drop_in.contains(
@@ -108,11 +122,9 @@ fn installed_unit_is_the_packaged_text_and_scores_at_most_1_5() {
     );
 
     // The instance as systemd will load it: template plus drop-in.
-    let score = exposure(root.path(), "sesame-unseal@ses.service");
-    assert!(score <= MAX_EXPOSURE, "exposure {score} > {MAX_EXPOSURE}");
+    assert_exposure_ok(root.path(), "sesame-unseal@ses.service");
     // A package-installed instance without any drop-in.
-    let score = exposure(root.path(), "sesame-unseal@other.service");
-    assert!(score <= MAX_EXPOSURE, "template alone: {score}");
+    assert_exposure_ok(root.path(), "sesame-unseal@other.service");
 
     // A SoftHSM instance: writable token dir, no TPM dependency.
     let out = install(
@@ -128,8 +140,7 @@ fn installed_unit_is_the_packaged_text_and_scores_at_most_1_5() {
         ],
     );
     expect_code(&out, 0);
-    let score = exposure(root.path(), "sesame-unseal@hsm.service");
-    assert!(score <= MAX_EXPOSURE, "pkcs11 instance: {score}");
+    assert_exposure_ok(root.path(), "sesame-unseal@hsm.service");
 }
 
 /// The drop-in for the TPM `systemd run` will use at boot: resolved at
@@ -138,12 +149,6 @@ fn installed_unit_is_the_packaged_text_and_scores_at_most_1_5() {
 #[test]
 fn install_pins_the_configured_tpm_device() {
     let root = tempfile::tempdir().unwrap();
-    let drop_in = |name: &str| {
-        fs::read_to_string(
-            unit_dir(root.path()).join(format!("sesame-unseal@{name}.service.d/50-sesame.conf")),
-        )
-        .unwrap()
-    };
 
     // From the environment: another device node.
     let out = run(sesame()
@@ -151,7 +156,7 @@ fn install_pins_the_configured_tpm_device() {
         .arg(root.path())
         .env("SESAME_TPM2_DEVICE", "device:/dev/tpm0"));
     expect_code(&out, 0);
-    let text = drop_in("env");
+    let text = drop_in(root.path(), "env");
     assert!(text.contains("Wants=dev-tpm0.device\n"), "{text}");
     assert!(text.contains("After=dev-tpm0.device\n"), "{text}");
     assert!(text.contains("DeviceAllow=/dev/tpm0 rw\n"), "{text}");
@@ -159,8 +164,7 @@ fn install_pins_the_configured_tpm_device() {
         text.contains(" systemd run %i --tpm2-device device:/dev/tpm0 "),
         "{text}"
     );
-    let score = exposure(root.path(), "sesame-unseal@env.service");
-    assert!(score <= MAX_EXPOSURE, "/dev/tpm0 instance: {score}");
+    assert_exposure_ok(root.path(), "sesame-unseal@env.service");
 
     // From sesame.toml: a TCP TCTI, which no DeviceAllow= can reach; the
     // installer says the sandbox needs --network.
@@ -184,7 +188,7 @@ fn install_pins_the_configured_tpm_device() {
         stdout.contains("note: TPM TCTI swtpm:") && stdout.contains("--network"),
         "{stdout}"
     );
-    let text = drop_in("toml");
+    let text = drop_in(root.path(), "toml");
     assert!(
         !text.contains("Wants=dev-") && !text.contains("DeviceAllow"),
         "{text}"
@@ -196,14 +200,18 @@ fn install_pins_the_configured_tpm_device() {
     let out = install_with_config("net", &["--network"]);
     expect_code(&out, 0);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("note: TPM"));
-    assert!(drop_in("net").contains("PrivateNetwork=no\n"));
+    assert!(drop_in(root.path(), "net").contains("PrivateNetwork=no\n"));
     // The flag wins over the setting; PKCS#11-only instances name no TPM.
     let out = install_with_config("flag", &["--tpm2-device", "device:/dev/tpmrm0"]);
     expect_code(&out, 0);
-    assert!(drop_in("flag").contains(" --tpm2-device device:/dev/tpmrm0 "));
+    assert!(drop_in(root.path(), "flag").contains(" --tpm2-device device:/dev/tpmrm0 "));
     let out = install_with_config("hsm", &["--backend", "pkcs11"]);
     expect_code(&out, 0);
-    assert!(!drop_in("hsm").contains("tpm"), "{}", drop_in("hsm"));
+    assert!(
+        !drop_in(root.path(), "hsm").contains("tpm"),
+        "{}",
+        drop_in(root.path(), "hsm")
+    );
 }
 
 #[test]
@@ -314,6 +322,29 @@ const SES_PASSWORD: &str = "BOk9v+Wd/Q3x7yTz1uVs0pQ8rLmN2kJhGfEdCbA9=";
 /// unused by firmware).
 const PCR: u8 = 16;
 
+/// The end-to-end set-up: an SES stand-in, a fresh swtpm, a work dir and the
+/// credentials sealed there (see [`seal_credentials`]).
+fn e2e() -> (StandIn, Swtpm, tempfile::TempDir, PathBuf) {
+    let standin = StandIn::start(SES_USER, SES_PASSWORD);
+    let tpm = Swtpm::start();
+    let work = tempfile::tempdir().unwrap();
+    let sealed = seal_credentials(&tpm, &standin, work.path());
+    (standin, tpm, work, sealed)
+}
+
+/// Asserts that `standin` received exactly one message, from [`SES_USER`]
+/// over TLS, with `subject`.
+fn assert_one_message(standin: &StandIn, subject: &str) {
+    let messages = standin.records("message");
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["user"], SES_USER);
+    assert_eq!(messages[0]["tls"], true);
+    assert!(messages[0]["data"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("Subject: {subject}")));
+}
+
 /// Seals the SES credentials (host and port pointing at the stand-in) to
 /// `tpm`, bound to `PCR`.
 fn seal_credentials(tpm: &Swtpm, standin: &StandIn, dir: &Path) -> PathBuf {
@@ -352,9 +383,7 @@ fn unit_exec_start(root: &Path, tpm: &Swtpm, sealed: &Path, outputs: &[&str]) ->
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     expect_code(&install(root, "ses", &args), 0);
-    let drop_in =
-        fs::read_to_string(unit_dir(root).join("sesame-unseal@ses.service.d/50-sesame.conf"))
-            .unwrap();
+    let drop_in = drop_in(root, "ses");
     let line = drop_in
         .lines()
         .filter_map(|l| l.strip_prefix("ExecStart="))
@@ -482,10 +511,7 @@ impl Exim {
 
 #[test]
 fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
-    let standin = StandIn::start(SES_USER, SES_PASSWORD);
-    let tpm = Swtpm::start();
-    let work = tempfile::tempdir().unwrap();
-    let sealed = seal_credentials(&tpm, &standin, work.path());
+    let (standin, tpm, work, sealed) = e2e();
     let group = exim_account();
     let argv = unit_exec_start(
         &work.path().join("root"),
@@ -516,10 +542,7 @@ fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
         format!("localhost:{SES_USER}:{SES_PASSWORD}\n")
     );
     let env = run_dir.path().join("env");
-    assert_eq!(
-        fs::metadata(&env).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(common::mode(&env), 0o600);
     assert!(fs::read_to_string(&env)
         .unwrap()
         .contains(&format!("SES_USERNAME=\"{SES_USER}\"\n")));
@@ -533,14 +556,7 @@ fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
             && log.contains("CV=yes"),
         "Exim did not deliver with AUTH over verified TLS:\n{log}"
     );
-    let messages = standin.records("message");
-    assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0]["user"], SES_USER);
-    assert_eq!(messages[0]["tls"], true);
-    assert!(messages[0]["data"]
-        .as_str()
-        .unwrap()
-        .contains("Subject: sesame exim e2e"));
+    assert_one_message(&standin, "sesame exim e2e");
     let auths = standin.records("auth");
     assert!(
         auths
@@ -552,10 +568,7 @@ fn exim_delivers_through_ses_with_the_unsealed_passwd_client() {
 
 #[test]
 fn phpmailer_under_sesame_exec_sends_with_credentials_from_its_environment() {
-    let standin = StandIn::start(SES_USER, SES_PASSWORD);
-    let tpm = Swtpm::start();
-    let work = tempfile::tempdir().unwrap();
-    let sealed = seal_credentials(&tpm, &standin, work.path());
+    let (standin, tpm, work, sealed) = e2e();
     let script = work.path().join("send.php");
     fs::write(&script, PHP_SCRIPT).unwrap();
 
@@ -575,14 +588,7 @@ fn phpmailer_under_sesame_exec_sends_with_credentials_from_its_environment() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("sent"), "stdout: {stdout} stderr: {stderr}");
     assert!(!stdout.contains(SES_PASSWORD) && !stderr.contains(SES_PASSWORD));
-    let messages = standin.records("message");
-    assert_eq!(messages.len(), 1, "{messages:?}");
-    assert_eq!(messages[0]["user"], SES_USER);
-    assert_eq!(messages[0]["tls"], true);
-    assert!(messages[0]["data"]
-        .as_str()
-        .unwrap()
-        .contains("Subject: sesame phpmailer e2e"));
+    assert_one_message(&standin, "sesame phpmailer e2e");
 
     // exec is the command: its exit status, and 127 for a missing command.
     expect_code(&exec(&["sh", "-c", "exit 3"]), 3);
@@ -663,10 +669,7 @@ echo "sent\n";
 
 #[test]
 fn after_a_pcr_extend_nothing_is_written_and_exim_fails_closed() {
-    let standin = StandIn::start(SES_USER, SES_PASSWORD);
-    let tpm = Swtpm::start();
-    let work = tempfile::tempdir().unwrap();
-    let sealed = seal_credentials(&tpm, &standin, work.path());
+    let (standin, tpm, work, sealed) = e2e();
     let group = exim_account();
     let argv = unit_exec_start(
         &work.path().join("root"),

@@ -4,8 +4,8 @@
 mod common;
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::process::Output;
 
 use common::softhsm::SoftHsm;
 use common::{expect_code, run, run_with_stdin};
@@ -22,15 +22,14 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let hsm = SoftHsm::new("sesame-test");
-        hsm.create_key("kek", "aes");
+        let hsm = SoftHsm::with_aes_key("sesame-test", "kek");
         let dir = tempfile::tempdir().unwrap();
         let sealed = dir.path().join("ses.sealed");
-        let out = run_with_stdin(
-            hsm.command()
-                .args(["seal", "--name", "ses test", "--out"])
-                .arg(&sealed)
-                .args(["--pkcs11", &hsm.uri("kek")]),
+        let out = seal(
+            &hsm,
+            &["--name", "ses test"],
+            &sealed,
+            &hsm.uri("kek"),
             SES.as_bytes(),
         );
         expect_code(&out, 0);
@@ -42,6 +41,28 @@ impl Fixture {
     }
 }
 
+/// Runs `seal FLAGS --out OUT --pkcs11 URI` on `hsm` with `stdin`.
+fn seal(hsm: &SoftHsm, flags: &[&str], out: &Path, uri: &str, stdin: &[u8]) -> Output {
+    run_with_stdin(
+        hsm.command()
+            .arg("seal")
+            .args(flags)
+            .arg("--out")
+            .arg(out)
+            .args(["--pkcs11", uri]),
+        stdin,
+    )
+}
+
+/// The generation recorded in the header of the sealed file at `path`.
+fn generation(path: &Path) -> u64 {
+    sesame::format::parse(&fs::read(path).unwrap())
+        .unwrap()
+        .header
+        .generation
+}
+
+/// Asserts `stderr` is one `sesame: …` line naming `file`, without [`SECRET`].
 fn one_line_naming(stderr: &str, file: &Path) {
     assert_eq!(stderr.lines().count(), 1, "one line expected: {stderr}");
     assert!(stderr.starts_with("sesame: "), "{stderr}");
@@ -58,10 +79,7 @@ fn seal_then_unseal_in_every_format() {
     let f = Fixture::new();
     let sealed = fs::read(&f.sealed).unwrap();
     assert!(!sealed.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
-    assert_eq!(
-        fs::metadata(&f.sealed).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(common::mode(&f.sealed), 0o600);
 
     let out = f.unseal(&f.sealed, &[]);
     expect_code(&out, 0);
@@ -133,10 +151,7 @@ fn output_file_is_atomic_private_and_on_tmpfs_only() {
     );
     expect_code(&out, 0);
     assert!(out.stdout.is_empty());
-    assert_eq!(
-        fs::metadata(&target).unwrap().permissions().mode() & 0o777,
-        0o640
-    );
+    assert_eq!(common::mode(&target), 0o640);
     assert!(fs::read_to_string(&target)
         .unwrap()
         .ends_with(&format!(":{SECRET}\n")));
@@ -188,10 +203,7 @@ fn output_file_is_atomic_private_and_on_tmpfs_only() {
             &["--output", p.to_str().unwrap(), "--allow-persistent"],
         );
         expect_code(&out, 0);
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(common::mode(&p), 0o600);
     }
 
     // Modes readable by others are refused as usage errors.
@@ -286,35 +298,20 @@ fn seal_is_atomic_and_refuses_to_overwrite() {
     let uri = f.hsm.uri("kek");
 
     // Exists without --force: 73, file untouched.
-    let out = run_with_stdin(
-        f.hsm
-            .command()
-            .args(["seal", "--out"])
-            .arg(&f.sealed)
-            .args(["--pkcs11", &uri]),
-        SES.as_bytes(),
-    );
+    let out = seal(&f.hsm, &[], &f.sealed, &uri, SES.as_bytes());
     one_line_naming(&expect_code(&out, 73), &f.sealed);
     assert_eq!(fs::read(&f.sealed).unwrap(), before);
 
     // A failing --force (bad input) leaves the old file and no temp file.
-    let out = run_with_stdin(
-        f.hsm
-            .command()
-            .args(["seal", "--force", "--out"])
-            .arg(&f.sealed)
-            .args(["--pkcs11", &uri]),
-        b"bad-name!=x\n",
-    );
+    let out = seal(&f.hsm, &["--force"], &f.sealed, &uri, b"bad-name!=x\n");
     expect_code(&out, 65);
     assert_eq!(fs::read(&f.sealed).unwrap(), before);
     // A failing --force (key missing) too.
-    let out = run_with_stdin(
-        f.hsm
-            .command()
-            .args(["seal", "--force", "--out"])
-            .arg(&f.sealed)
-            .args(["--pkcs11", &f.hsm.uri("absent")]),
+    let out = seal(
+        &f.hsm,
+        &["--force"],
+        &f.sealed,
+        &f.hsm.uri("absent"),
         SES.as_bytes(),
     );
     assert_ne!(out.status.code(), Some(0));
@@ -323,25 +320,14 @@ fn seal_is_atomic_and_refuses_to_overwrite() {
     assert_eq!(leftovers, 1, "only the sealed file may be in the directory");
 
     // --force succeeds and carries the generation on.
-    let out = run_with_stdin(
-        f.hsm
-            .command()
-            .args(["seal", "--force", "--out"])
-            .arg(&f.sealed)
-            .args(["--pkcs11", &uri]),
-        SES.as_bytes(),
-    );
+    let out = seal(&f.hsm, &["--force"], &f.sealed, &uri, SES.as_bytes());
     expect_code(&out, 0);
-    let header = sesame::format::parse(&fs::read(&f.sealed).unwrap())
-        .unwrap()
-        .header;
-    assert_eq!(header.generation, 2);
+    assert_eq!(generation(&f.sealed), 2);
 }
 
 #[test]
 fn bad_secret_input_is_rejected_without_echoing_it() {
-    let hsm = SoftHsm::new("sesame-test");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame-test", "kek");
     let dir = tempfile::tempdir().unwrap();
     let out_path = dir.path().join("x.sealed");
     // Mistyped lines put (part of) a secret where the field name should be:
@@ -380,11 +366,11 @@ fn bad_secret_input_is_rejected_without_echoing_it() {
     ];
     for (input, code, message) in inputs {
         for log_format in ["text", "json"] {
-            let out = run_with_stdin(
-                hsm.command()
-                    .args(["seal", "-vvv", "--log-format", log_format, "--out"])
-                    .arg(&out_path)
-                    .args(["--pkcs11", &hsm.uri("kek")]),
+            let out = seal(
+                &hsm,
+                &["-vvv", "--log-format", log_format],
+                &out_path,
+                &hsm.uri("kek"),
                 input,
             );
             let stderr = expect_code(&out, code);
@@ -414,8 +400,7 @@ fn bad_secret_input_is_rejected_without_echoing_it() {
 
 #[test]
 fn exim_format_refuses_values_that_break_its_lines() {
-    let hsm = SoftHsm::new("sesame-test");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame-test", "kek");
     let dir = tempfile::tempdir().unwrap();
     for (name, input) in [
         ("colon", r#"{"username":"u","password":"Zq9-known:SECRET"}"#),
@@ -425,13 +410,7 @@ fn exim_format_refuses_values_that_break_its_lines() {
         ),
     ] {
         let sealed = dir.path().join(format!("{name}.sealed"));
-        let out = run_with_stdin(
-            hsm.command()
-                .args(["seal", "--out"])
-                .arg(&sealed)
-                .args(["--pkcs11", &hsm.uri("kek")]),
-            input.as_bytes(),
-        );
+        let out = seal(&hsm, &[], &sealed, &hsm.uri("kek"), input.as_bytes());
         expect_code(&out, 0);
         let out = run(hsm
             .command()
@@ -552,14 +531,7 @@ fn seal_force_replaces_in_place_and_a_bad_name_is_refused_first() {
     fs::set_permissions(&f.sealed, fs::Permissions::from_mode(0o640)).unwrap();
     let link = f.dir.path().join("link.sealed");
     std::os::unix::fs::symlink(&f.sealed, &link).unwrap();
-    let out = run_with_stdin(
-        f.hsm
-            .command()
-            .args(["seal", "--force", "--out"])
-            .arg(&link)
-            .args(["--pkcs11", &uri]),
-        SES.as_bytes(),
-    );
+    let out = seal(&f.hsm, &["--force"], &link, &uri, SES.as_bytes());
     expect_code(&out, 0);
     assert!(fs::symlink_metadata(&link)
         .unwrap()
@@ -567,19 +539,15 @@ fn seal_force_replaces_in_place_and_a_bad_name_is_refused_first() {
         .is_symlink());
     let meta = fs::metadata(&f.sealed).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o640);
-    let header = sesame::format::parse(&fs::read(&f.sealed).unwrap())
-        .unwrap()
-        .header;
-    assert_eq!(header.generation, 2);
+    assert_eq!(generation(&f.sealed), 2);
 
     // A name that cannot be stored is refused before the secret is read.
     let fresh = f.dir.path().join("fresh.sealed");
-    let out = run_with_stdin(
-        f.hsm
-            .command()
-            .args(["seal", "--name", "two\tparts", "--out"])
-            .arg(&fresh)
-            .args(["--pkcs11", &uri]),
+    let out = seal(
+        &f.hsm,
+        &["--name", "two\tparts"],
+        &fresh,
+        &uri,
         SES.as_bytes(),
     );
     let stderr = expect_code(&out, 64);

@@ -69,14 +69,60 @@ fn assert_error_line(out: &Output, code: i32, what: &str, needle: &str) -> Strin
     line.to_owned()
 }
 
+/// [`assert_error_line`] for a failure that must name `file`.
+fn assert_file_error(out: &Output, code: i32, file: &Path, needle: &str) -> String {
+    assert_error_line(out, code, &file.display().to_string(), needle)
+}
+
+/// Unseals `file` with `extra` flags as `--format value --field password`
+/// and asserts it exits 0 printing [`PASSWORD`].
+fn assert_unseals_password(cmd: &mut Command, file: &Path, extra: &[&str]) {
+    let mut args = extra.to_vec();
+    args.extend(["--format", "value", "--field", "password"]);
+    let out = unseal(cmd, file, &args);
+    expect_code(&out, 0);
+    assert_eq!(stdout(&out), PASSWORD);
+}
+
+/// Runs pkcs11-tool (an independent PKCS#11 client) on this token with
+/// `args`, logged in with the user PIN if `login`.
+fn pkcs11_tool(hsm: &SoftHsm, login: bool, args: &[&str]) -> Output {
+    let mut cmd = Command::new("pkcs11-tool");
+    cmd.env("SOFTHSM2_CONF", hsm.conf())
+        .arg("--module")
+        .arg(SoftHsm::module_path())
+        .args(["--token-label", hsm.token()]);
+    if login {
+        cmd.args(["--login", "--pin", hsm.pin()]);
+    }
+    cmd.args(args)
+        .output()
+        .expect("run pkcs11-tool (is opensc installed?)")
+}
+
+/// Removes the `key-id:` line from a sealed file's header, as a file sealed
+/// before key ids were recorded would lack it.
+fn drop_key_id(file: &Path) {
+    let text = std::fs::read(file).unwrap();
+    let id_line = String::from_utf8_lossy(&text)
+        .lines()
+        .find(|l| l.starts_with("key-id: "))
+        .expect("key-id recorded")
+        .to_owned();
+    std::fs::write(
+        file,
+        replace_bytes(&text, format!("{id_line}\n").as_bytes(), b""),
+    )
+    .unwrap();
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8(out.stdout.clone()).expect("UTF-8 stdout")
 }
 
 #[test]
 fn aes_seal_unseal_in_every_format() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let file = seal_ok(&hsm, "aes", &hsm.uri("kek"), &[]);
 
     let header = std::fs::read(&file).unwrap();
@@ -112,13 +158,7 @@ fn aes_seal_unseal_in_every_format() {
         format!("email-smtp.eu-west-1.amazonaws.com:AKIAEXAMPLE:{PASSWORD}\n")
     );
 
-    let value = unseal(
-        &mut hsm.command(),
-        &file,
-        &["--format", "value", "--field", "password"],
-    );
-    expect_code(&value, 0);
-    assert_eq!(stdout(&value), PASSWORD);
+    assert_unseals_password(&mut hsm.command(), &file, &[]);
 }
 
 #[test]
@@ -145,13 +185,7 @@ fn rsa_oaep_seals_with_sha1_and_explains_sha256() {
     );
     assert!(header.contains("\nhash: sha1\n"), "{header}");
 
-    let out = unseal(
-        &mut hsm.command(),
-        &file,
-        &["--format", "value", "--field", "password"],
-    );
-    expect_code(&out, 0);
-    assert_eq!(stdout(&out), PASSWORD);
+    assert_unseals_password(&mut hsm.command(), &file, &[]);
 }
 
 #[test]
@@ -167,29 +201,19 @@ fn rsa_sealing_needs_only_the_public_key_and_pin_source_override_works() {
     );
     // Unsealing needs the private key, so a PIN: none given is a config error.
     let out = unseal(&mut hsm.command(), &file, &[]);
-    assert_error_line(&out, 78, &file.display().to_string(), "no PIN");
+    assert_file_error(&out, 78, &file, "no PIN");
 
-    let pin_source = format!("file:{}", hsm.pin_file().display());
-    let out = unseal(
+    let pin_source = hsm.pin_source();
+    assert_unseals_password(
         &mut hsm.command(),
         &file,
-        &[
-            "--pkcs11-pin-source",
-            &pin_source,
-            "--format",
-            "value",
-            "--field",
-            "password",
-        ],
+        &["--pkcs11-pin-source", &pin_source],
     );
-    expect_code(&out, 0);
-    assert_eq!(stdout(&out), PASSWORD);
 }
 
 #[test]
 fn pin_source_override_replaces_the_recorded_one() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     // The recorded pin-source will not exist at unseal time.
     let old_pin = hsm.dir().join("old.pin");
     write_private(&old_pin, &format!("{}\n", hsm.pin()));
@@ -202,9 +226,9 @@ fn pin_source_override_replaces_the_recorded_one() {
     std::fs::remove_file(&old_pin).unwrap();
 
     let out = unseal(&mut hsm.command(), &file, &[]);
-    assert_error_line(&out, 78, &file.display().to_string(), "old.pin");
+    assert_file_error(&out, 78, &file, "old.pin");
 
-    let pin_source = format!("file:{}", hsm.pin_file().display());
+    let pin_source = hsm.pin_source();
     let out = unseal(
         &mut hsm.command(),
         &file,
@@ -215,8 +239,7 @@ fn pin_source_override_replaces_the_recorded_one() {
 
 #[test]
 fn create_key_refuses_an_existing_label() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     hsm.create_key("rsa-kek", "rsa");
     for (label, key_type) in [("kek", "aes"), ("kek", "rsa"), ("rsa-kek", "aes")] {
         let out =
@@ -229,18 +252,10 @@ fn create_key_refuses_an_existing_label() {
 
 #[test]
 fn created_keys_are_sensitive_and_never_extractable() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     hsm.create_key("rsa-kek", "rsa");
     // Listed by an independent PKCS#11 client.
-    let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", hsm.conf())
-        .arg("--module")
-        .arg(SoftHsm::module_path())
-        .args(["--token-label", hsm.token(), "--login", "--pin", hsm.pin()])
-        .arg("--list-objects")
-        .output()
-        .expect("run pkcs11-tool (is opensc installed?)");
+    let out = pkcs11_tool(&hsm, true, &["--list-objects"]);
     let listing = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{listing}");
     // Blocks start with "Secret Key Object; …", "Private Key Object; …", …
@@ -274,13 +289,7 @@ fn created_keys_are_sensitive_and_never_extractable() {
     assert!(private.contains("Usage:      decrypt\n"), "{private}");
     assert!(public.contains("Usage:      encrypt\n"), "{public}");
     // And they are private: invisible without logging in.
-    let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", hsm.conf())
-        .arg("--module")
-        .arg(SoftHsm::module_path())
-        .args(["--token-label", hsm.token(), "--list-objects"])
-        .output()
-        .unwrap();
+    let out = pkcs11_tool(&hsm, false, &["--list-objects"]);
     let public_listing = String::from_utf8_lossy(&out.stdout);
     assert!(
         !public_listing.contains("Secret Key Object"),
@@ -300,16 +309,10 @@ fn pkcs11_tool_keygen(hsm: &SoftHsm, label: &str, key_type: &str, flags: &[&str]
     } else {
         "--keypairgen"
     };
-    let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", hsm.conf())
-        .arg("--module")
-        .arg(SoftHsm::module_path())
-        .args(["--token-label", hsm.token(), "--login", "--pin", hsm.pin()])
-        .args([generate, "--key-type", key_type, "--label", label])
-        .args(["--usage-decrypt"])
-        .args(flags)
-        .output()
-        .expect("run pkcs11-tool (is opensc installed?)");
+    let mut args = vec![generate, "--key-type", key_type, "--label", label];
+    args.push("--usage-decrypt");
+    args.extend(flags);
+    let out = pkcs11_tool(hsm, true, &args);
     assert!(
         out.status.success(),
         "pkcs11-tool: {}",
@@ -372,7 +375,7 @@ fn keys_that_can_leave_the_token_are_refused() {
 #[test]
 fn pin_source_precedence_is_flag_then_uri_then_config() {
     let hsm = SoftHsm::new("sesame");
-    let good = format!("file:{}", hsm.pin_file().display());
+    let good = hsm.pin_source();
     // Missing files: the error names the one that was used.
     let flag_missing = format!("file:{}", hsm.dir().join("from-flag.pin").display());
     let config_missing = hsm.dir().join("from-config.toml");
@@ -426,7 +429,7 @@ fn pin_source_precedence_is_flag_then_uri_then_config() {
         &with_pin,
         &["--pkcs11-pin-source", &flag_missing],
     );
-    assert_error_line(&out, 78, &with_pin.display().to_string(), "from-flag.pin");
+    assert_file_error(&out, 78, &with_pin, "from-flag.pin");
 
     // A URI without pin-source: sealing and unsealing use the config's, and
     // the flag still wins over it.
@@ -446,7 +449,7 @@ fn pin_source_precedence_is_flag_then_uri_then_config() {
     assert_error_line(&out, 78, "seal", "from-flag.pin");
     expect_code(&unseal(&mut with_config(&config_good), &path, &[]), 0);
     let out = unseal(&mut with_config(&config_missing), &path, &[]);
-    assert_error_line(&out, 78, &path.display().to_string(), "from-config.pin");
+    assert_file_error(&out, 78, &path, "from-config.pin");
     let out = unseal(
         &mut with_config(&config_missing),
         &path,
@@ -458,25 +461,23 @@ fn pin_source_precedence_is_flag_then_uri_then_config() {
         &path,
         &["--pkcs11-pin-source", &flag_missing],
     );
-    assert_error_line(&out, 78, &path.display().to_string(), "from-flag.pin");
+    assert_file_error(&out, 78, &path, "from-flag.pin");
 }
 
 #[test]
 fn wrong_pin_is_refused() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let file = seal_ok(&hsm, "pin", &hsm.uri("kek"), &[]);
     let wrong = hsm.dir().join("wrong.pin");
     write_private(&wrong, "000000\n");
     let source = format!("file:{}", wrong.display());
     let out = unseal(&mut hsm.command(), &file, &["--pkcs11-pin-source", &source]);
-    assert_error_line(&out, 77, &file.display().to_string(), "wrong PIN");
+    assert_file_error(&out, 77, &file, "wrong PIN");
 }
 
 #[test]
 fn group_readable_pin_file_is_refused() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let file = seal_ok(&hsm, "open-pin", &hsm.uri("kek"), &[]);
     let open = hsm.dir().join("open.pin");
     std::fs::write(&open, format!("{}\n", hsm.pin())).unwrap();
@@ -492,20 +493,14 @@ fn group_readable_pin_file_is_refused() {
         &file,
         &["--pkcs11-pin-source", &format!("file:{}", open.display())],
     );
-    assert_error_line(
-        &out,
-        78,
-        &file.display().to_string(),
-        "readable by group or others",
-    );
+    assert_file_error(&out, 78, &file, "readable by group or others");
     let out = seal(&hsm, &sealed_path(&hsm, "x"), &uri, &[]);
     assert_error_line(&out, 78, "seal", "readable by group or others");
 }
 
 #[test]
 fn missing_module_and_non_pkcs11_library_are_unavailable() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let module = SoftHsm::module_path().display().to_string();
 
     let missing = hsm.uri("kek").replace(&module, "/nonexistent/libpkcs11.so");
@@ -533,12 +528,7 @@ fn missing_module_and_non_pkcs11_library_are_unavailable() {
     let edited = replace_bytes(&text, module.as_bytes(), libc.as_bytes());
     std::fs::write(&file, edited).unwrap();
     let out = unseal(&mut hsm.command(), &file, &[]);
-    assert_error_line(
-        &out,
-        69,
-        &file.display().to_string(),
-        "is not a PKCS#11 module",
-    );
+    assert_file_error(&out, 69, &file, "is not a PKCS#11 module");
 }
 
 #[test]
@@ -565,8 +555,7 @@ fn token_missing_is_unavailable_and_lists_tokens() {
 
 #[test]
 fn key_missing_is_refused() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let out = seal(&hsm, &sealed_path(&hsm, "x"), &hsm.uri("nosuch"), &[]);
     assert_error_line(&out, 77, "seal", "key missing");
     // And at unseal: the stanza names a key that is gone.
@@ -574,41 +563,24 @@ fn key_missing_is_refused() {
     let text = std::fs::read(&file).unwrap();
     std::fs::write(&file, replace_bytes(&text, b"object=kek", b"object=kex")).unwrap();
     let out = unseal(&mut hsm.command(), &file, &[]);
-    assert_error_line(&out, 77, &file.display().to_string(), "key missing");
+    assert_file_error(&out, 77, &file, "key missing");
 }
 
 #[test]
 fn a_different_key_under_the_same_names_is_refused() {
     // Two tokens with the same token and key labels: the key on B is not the
     // one the file was sealed to.
-    let a = SoftHsm::new("sesame");
-    let b = SoftHsm::new("sesame");
-    a.create_key("kek", "aes");
-    b.create_key("kek", "aes");
+    let a = SoftHsm::with_aes_key("sesame", "kek");
+    let b = SoftHsm::with_aes_key("sesame", "kek");
     let file = seal_ok(&a, "a", &a.uri("kek"), &[]);
-    let pin_b = format!("file:{}", b.pin_file().display());
+    let pin_b = b.pin_source();
     let out = unseal(&mut b.command(), &file, &["--pkcs11-pin-source", &pin_b]);
-    assert_error_line(&out, 77, &file.display().to_string(), "key different");
+    assert_file_error(&out, 77, &file, "key different");
 
     // Without the recorded key id, B's key is tried and fails to decrypt.
-    let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
-    let id_line = text
-        .lines()
-        .find(|l| l.starts_with("key-id: "))
-        .expect("key-id recorded");
-    let edited = replace_bytes(
-        &std::fs::read(&file).unwrap(),
-        format!("{id_line}\n").as_bytes(),
-        b"",
-    );
-    std::fs::write(&file, edited).unwrap();
+    drop_key_id(&file);
     let out = unseal(&mut b.command(), &file, &["--pkcs11-pin-source", &pin_b]);
-    assert_error_line(
-        &out,
-        77,
-        &file.display().to_string(),
-        "sealed with a different key",
-    );
+    assert_file_error(&out, 77, &file, "sealed with a different key");
 }
 
 #[test]
@@ -618,25 +590,10 @@ fn rsa_stanza_for_another_key_pair_is_refused() {
     a.create_key("rsa-kek", "rsa");
     b.create_key("rsa-kek", "rsa");
     let file = seal_ok(&a, "a", &a.uri("rsa-kek"), &["--pkcs11-oaep-hash", "sha1"]);
-    let text = std::fs::read(&file).unwrap();
-    let text_str = String::from_utf8_lossy(&text).into_owned();
-    let id_line = text_str
-        .lines()
-        .find(|l| l.starts_with("key-id: "))
-        .unwrap();
-    std::fs::write(
-        &file,
-        replace_bytes(&text, format!("{id_line}\n").as_bytes(), b""),
-    )
-    .unwrap();
-    let pin_b = format!("file:{}", b.pin_file().display());
+    drop_key_id(&file);
+    let pin_b = b.pin_source();
     let out = unseal(&mut b.command(), &file, &["--pkcs11-pin-source", &pin_b]);
-    assert_error_line(
-        &out,
-        77,
-        &file.display().to_string(),
-        "sealed with a different key",
-    );
+    assert_file_error(&out, 77, &file, "sealed with a different key");
 }
 
 #[test]
@@ -650,8 +607,7 @@ fn pin_value_in_a_uri_is_refused() {
 
 #[test]
 fn eight_parallel_unseals_all_succeed() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let file = seal_ok(&hsm, "par", &hsm.uri("kek"), &[]);
     let children: Vec<_> = (0..8)
         .map(|_| {
@@ -675,8 +631,7 @@ fn eight_parallel_unseals_all_succeed() {
 
 #[test]
 fn secret_and_pin_never_reach_the_logs() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     hsm.create_key("rsa-kek", "rsa");
     let check = |out: &Output| {
         for stream in [&out.stdout, &out.stderr] {

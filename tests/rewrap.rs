@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::softhsm::SoftHsm;
 use common::swtpm::Swtpm;
@@ -31,6 +31,7 @@ fn sesame(hsm: &SoftHsm, tpm: Option<&Swtpm>) -> Command {
     cmd
 }
 
+/// Seals [`SECRET`] under the name "ses prod" to `backends`, asserting success.
 fn seal(cmd: &mut Command, file: &Path, backends: &[&str]) {
     let out = run_with_stdin(
         cmd.args(["seal", "--name", "ses prod", "--out"])
@@ -41,12 +42,38 @@ fn seal(cmd: &mut Command, file: &Path, backends: &[&str]) {
     expect_code(&out, 0);
 }
 
-fn rewrap(cmd: &mut Command, file: &Path, args: &[&str]) -> Output {
-    run(cmd.arg("rewrap").arg(file).args(args))
+/// Seals [`SECRET`] as `name` in `hsm`'s directory: to `tpm` with `tpm_flags`
+/// (e.g. `--tpm2`), then to `hsm`'s key `kek`.
+fn seal_with_kek(hsm: &SoftHsm, tpm: Option<&Swtpm>, name: &str, tpm_flags: &[&str]) -> PathBuf {
+    let file = hsm.dir().join(name);
+    let uri = hsm.uri("kek");
+    let backends: Vec<&str> = tpm_flags
+        .iter()
+        .copied()
+        .chain(["--pkcs11", &uri])
+        .collect();
+    seal(&mut sesame(hsm, tpm), &file, &backends);
+    file
 }
 
-fn rotate(cmd: &mut Command, file: &Path, args: &[&str], secret: &[u8]) -> Output {
-    run_with_stdin(cmd.arg("rotate").arg(file).args(args), secret)
+/// Unseals `file` with `tpm`'s stanza alone and asserts exit `code`.
+fn tpm2_unseal(tpm: &Swtpm, file: &Path, code: i32) {
+    let out = run(tpm.sesame().args(["unseal", "--backend", "tpm2"]).arg(file));
+    expect_code(&out, code);
+}
+
+/// Runs `rewrap FILE ARGS`, asserts exit `code` and returns stderr.
+fn rewrap(cmd: &mut Command, file: &Path, args: &[&str], code: i32) -> String {
+    expect_code(&run(cmd.arg("rewrap").arg(file).args(args)), code)
+}
+
+/// Runs `rotate FILE ARGS` with `secret` on stdin, asserts exit `code` and
+/// returns stderr.
+fn rotate(cmd: &mut Command, file: &Path, args: &[&str], secret: &[u8], code: i32) -> String {
+    expect_code(
+        &run_with_stdin(cmd.arg("rotate").arg(file).args(args), secret),
+        code,
+    )
 }
 
 /// The password the file unseals to, with `args` (e.g. `--backend tpm2`).
@@ -97,23 +124,17 @@ fn audit_events(stderr: &str, event: &str) -> Vec<serde_json::Value> {
 
 #[test]
 fn enrol_a_tpm_with_the_hsm_stanza_then_unseal_with_the_tpm_alone() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, None),
-        &file,
-        &["--pkcs11", &hsm.uri("kek")],
-    );
+    let file = seal_with_kek(&hsm, None, "ses.sealed", &[]);
     let before = header(&file);
 
-    let out = rewrap(
+    rewrap(
         &mut sesame(&hsm, Some(&tpm)),
         &file,
         &["--keep", "--tpm2", "--tpm2-pcrs", "7"],
+        0,
     );
-    expect_code(&out, 0);
     let after = header(&file);
     assert_eq!(kinds(&file), ["tpm2", "pkcs11"]);
     assert_eq!(after.stanzas[0].field("pcrs"), Some("7"));
@@ -144,32 +165,21 @@ fn enrol_a_tpm_with_the_hsm_stanza_then_unseal_with_the_tpm_alone() {
 
 #[test]
 fn dropping_a_backend_removes_its_stanza_and_its_old_key_opens_nothing() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, Some(&tpm)),
-        &file,
-        &["--tpm2", "--pkcs11", &hsm.uri("kek")],
-    );
+    let file = seal_with_kek(&hsm, Some(&tpm), "ses.sealed", &["--tpm2"]);
     let old_bytes = std::fs::read(&file).unwrap();
     let old = format::parse(&old_bytes).unwrap();
     assert_eq!(kinds(&file), ["tpm2", "pkcs11"]);
 
-    let out = rewrap(&mut sesame(&hsm, Some(&tpm)), &file, &["--keep=pkcs11"]);
-    expect_code(&out, 0);
+    rewrap(&mut sesame(&hsm, Some(&tpm)), &file, &["--keep=pkcs11"], 0);
     assert_eq!(kinds(&file), ["pkcs11"]);
     let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
     assert!(!text.contains("-> tpm2"), "{text}");
     assert_eq!(header(&file).generation, 2);
     assert_eq!(password(&mut sesame(&hsm, None), &file, &[]), SECRET);
     // The TPM can no longer unseal it: no stanza for it.
-    let out = run(tpm
-        .sesame()
-        .args(["unseal", "--backend", "tpm2"])
-        .arg(&file));
-    expect_code(&out, 69);
+    tpm2_unseal(&tpm, &file, 69);
 
     // Whoever kept the old TPM stanza gets the old data key from the TPM,
     // which opens the old file but not the new one.
@@ -187,8 +197,7 @@ fn dropping_a_backend_removes_its_stanza_and_its_old_key_opens_nothing() {
 
 #[test]
 fn rewrap_without_keep_replaces_the_backends_and_keep_does_not_duplicate() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek-a", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek-a");
     hsm.create_key("kek-b", "rsa");
     let file = hsm.dir().join("ses.sealed");
     seal(
@@ -198,12 +207,12 @@ fn rewrap_without_keep_replaces_the_backends_and_keep_does_not_duplicate() {
     );
 
     // Move from key A to key B (RSA: SoftHSM needs OAEP with SHA-1).
-    let out = rewrap(
+    rewrap(
         &mut sesame(&hsm, None),
         &file,
         &["--pkcs11", &hsm.uri("kek-b"), "--pkcs11-oaep-hash", "sha1"],
+        0,
     );
-    expect_code(&out, 0);
     let h = header(&file);
     assert_eq!(h.generation, 2);
     assert_eq!(h.stanzas.len(), 1);
@@ -212,12 +221,12 @@ fn rewrap_without_keep_replaces_the_backends_and_keep_does_not_duplicate() {
 
     // --keep plus the same key again: one stanza, not two; --keep of an RSA
     // stanza keeps its OAEP hash.
-    let out = rewrap(
+    rewrap(
         &mut sesame(&hsm, None),
         &file,
         &["--keep", "--pkcs11", &hsm.uri("kek-a")],
+        0,
     );
-    expect_code(&out, 0);
     let h = header(&file);
     assert_eq!(h.generation, 3);
     let uris: Vec<&str> = h.stanzas.iter().map(|s| s.field("uri").unwrap()).collect();
@@ -229,21 +238,21 @@ fn rewrap_without_keep_replaces_the_backends_and_keep_does_not_duplicate() {
         .find(|s| s.field("mechanism") == Some("rsa-oaep"))
         .unwrap();
     assert_eq!(rsa.field("hash"), Some("sha1"));
-    let out = rewrap(
+    rewrap(
         &mut sesame(&hsm, None),
         &file,
         &["--keep", "--pkcs11", &hsm.uri("kek-a")],
+        0,
     );
-    expect_code(&out, 0);
     assert_eq!(header(&file).stanzas.len(), 2);
     assert_eq!(header(&file).generation, 4);
     // --name renames; the secret is unchanged throughout.
-    let out = rewrap(
+    rewrap(
         &mut sesame(&hsm, None),
         &file,
         &["--keep", "--name", "ses staging"],
+        0,
     );
-    expect_code(&out, 0);
     assert_eq!(header(&file).name.as_deref(), Some("ses staging"));
     assert_eq!(password(&mut sesame(&hsm, None), &file, &[]), SECRET);
     assert_only(hsm.dir(), &[&file]);
@@ -251,65 +260,53 @@ fn rewrap_without_keep_replaces_the_backends_and_keep_does_not_duplicate() {
 
 #[test]
 fn moving_to_a_new_machine_keeps_the_hsm_and_refuses_the_old_tpm() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let old_tpm = Swtpm::start();
     let new_tpm = Swtpm::start();
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, Some(&old_tpm)),
-        &file,
-        &["--tpm2", "--pkcs11", &hsm.uri("kek")],
-    );
+    let file = seal_with_kek(&hsm, Some(&old_tpm), "ses.sealed", &["--tpm2"]);
     let before = std::fs::read(&file).unwrap();
 
     // --keep would re-seal the old machine's TPM stanza to this TPM: refused.
-    let out = rewrap(&mut sesame(&hsm, Some(&new_tpm)), &file, &["--keep"]);
-    let stderr = expect_code(&out, 77);
+    let stderr = rewrap(&mut sesame(&hsm, Some(&new_tpm)), &file, &["--keep"], 77);
     assert!(stderr.contains("different TPM"), "{stderr}");
     assert_eq!(std::fs::read(&file).unwrap(), before);
     new_tpm.assert_clean("refused keep");
 
     // Keep the HSM, add this TPM; the old TPM stanza is gone.
-    let out = rewrap(
+    rewrap(
         &mut sesame(&hsm, Some(&new_tpm)),
         &file,
         &["--keep=pkcs11", "--tpm2"],
+        0,
     );
-    expect_code(&out, 0);
     assert_eq!(kinds(&file), ["tpm2", "pkcs11"]);
     assert_eq!(
         password(&mut new_tpm.sesame(), &file, &["--backend", "tpm2"]),
         SECRET
     );
-    let out = run(old_tpm
-        .sesame()
-        .args(["unseal", "--backend", "tpm2"])
-        .arg(&file));
-    expect_code(&out, 77);
+    tpm2_unseal(&old_tpm, &file, 77);
 }
 
 #[test]
 fn rotate_replaces_the_secret_with_the_same_backends() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
     tpm.extend_pcr(7);
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, Some(&tpm)),
-        &file,
-        &["--tpm2", "--tpm2-pcrs", "0,7", "--pkcs11", &hsm.uri("kek")],
+    let file = seal_with_kek(
+        &hsm,
+        Some(&tpm),
+        "ses.sealed",
+        &["--tpm2", "--tpm2-pcrs", "0,7"],
     );
     let before = header(&file);
 
-    let out = rotate(
+    rotate(
         &mut sesame(&hsm, Some(&tpm)),
         &file,
         &[],
         &input(NEW_SECRET),
+        0,
     );
-    expect_code(&out, 0);
     let after = header(&file);
     assert_eq!(after.generation, before.generation + 1);
     assert_eq!(after.name, before.name);
@@ -346,18 +343,17 @@ fn rotate_after_a_pcr_change_needs_no_verify() {
     let before = std::fs::read(&file).unwrap();
 
     // By default rotate proves access first, which the PCR change prevents.
-    let out = rotate(&mut tpm.sesame(), &file, &[], &input(NEW_SECRET));
-    let stderr = expect_code(&out, 77);
+    let stderr = rotate(&mut tpm.sesame(), &file, &[], &input(NEW_SECRET), 77);
     assert!(stderr.contains("PCR 7"), "{stderr}");
     assert_eq!(std::fs::read(&file).unwrap(), before);
 
-    let out = rotate(
+    rotate(
         &mut tpm.sesame(),
         &file,
         &["--no-verify"],
         &input(NEW_SECRET),
+        0,
     );
-    expect_code(&out, 0);
     // Sealed against the PCR values now.
     assert_eq!(password(&mut tpm.sesame(), &file, &[]), NEW_SECRET);
     assert_eq!(header(&file).generation, 2);
@@ -367,8 +363,13 @@ fn rotate_after_a_pcr_change_needs_no_verify() {
     // --no-verify still refuses another TPM (the stanza records its SRK).
     let other = Swtpm::start();
     let before = std::fs::read(&file).unwrap();
-    let out = rotate(&mut other.sesame(), &file, &["--no-verify"], &input(SECRET));
-    let stderr = expect_code(&out, 77);
+    let stderr = rotate(
+        &mut other.sesame(),
+        &file,
+        &["--no-verify"],
+        &input(SECRET),
+        77,
+    );
     assert!(stderr.contains("different TPM"), "{stderr}");
     assert_eq!(std::fs::read(&file).unwrap(), before);
     other.assert_clean("refused rotate");
@@ -377,36 +378,27 @@ fn rotate_after_a_pcr_change_needs_no_verify() {
 #[test]
 fn rotate_refuses_a_replaced_hsm_key() {
     // Same token and key labels, another key: the recorded CKA_ID differs.
-    let a = SoftHsm::new("sesame");
-    let b = SoftHsm::new("sesame");
-    a.create_key("kek", "aes");
-    b.create_key("kek", "aes");
-    let file = a.dir().join("ses.sealed");
-    seal(&mut sesame(&a, None), &file, &["--pkcs11", &a.uri("kek")]);
+    let a = SoftHsm::with_aes_key("sesame", "kek");
+    let b = SoftHsm::with_aes_key("sesame", "kek");
+    let file = seal_with_kek(&a, None, "ses.sealed", &[]);
     let before = std::fs::read(&file).unwrap();
-    let pin_b = format!("file:{}", b.pin_file().display());
-    let out = rotate(
+    let pin_b = b.pin_source();
+    let stderr = rotate(
         &mut sesame(&b, None),
         &file,
         &["--no-verify", "--pkcs11-pin-source", &pin_b],
         &input(NEW_SECRET),
+        77,
     );
-    let stderr = expect_code(&out, 77);
     assert!(stderr.contains("no longer the key"), "{stderr}");
     assert_eq!(std::fs::read(&file).unwrap(), before);
 }
 
 #[test]
 fn failures_leave_the_file_byte_identical() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, None),
-        &file,
-        &["--pkcs11", &hsm.uri("kek")],
-    );
+    let file = seal_with_kek(&hsm, None, "ses.sealed", &[]);
     let before = std::fs::read(&file).unwrap();
     let unchanged = |what: &str| {
         assert_eq!(std::fs::read(&file).unwrap(), before, "after {what}");
@@ -414,7 +406,7 @@ fn failures_leave_the_file_byte_identical() {
     };
 
     // TPM unavailable.
-    let out = rewrap(
+    rewrap(
         &mut sesame(&hsm, None),
         &file,
         &[
@@ -423,17 +415,17 @@ fn failures_leave_the_file_byte_identical() {
             "--tpm2-device",
             "device:/dev/no-such-tpm",
         ],
+        69,
     );
-    expect_code(&out, 69);
     unchanged("unavailable TPM");
 
     // Mid-way: the TPM has sealed the new key, then a key is missing.
-    let out = rewrap(
+    let stderr = rewrap(
         &mut sesame(&hsm, Some(&tpm)),
         &file,
         &["--keep", "--tpm2", "--pkcs11", &hsm.uri("nosuch")],
+        77,
     );
-    let stderr = expect_code(&out, 77);
     assert!(stderr.contains("nosuch"), "{stderr}");
     unchanged("missing key mid-way");
     tpm.assert_clean("failed rewrap");
@@ -441,7 +433,7 @@ fn failures_leave_the_file_byte_identical() {
     // Unsealing fails: a wrong PIN.
     let bad_pin = hsm.dir().join("bad.pin");
     common::write_private(&bad_pin, "000000\n");
-    let out = rewrap(
+    rewrap(
         &mut sesame(&hsm, Some(&tpm)),
         &file,
         &[
@@ -449,41 +441,40 @@ fn failures_leave_the_file_byte_identical() {
             "--pkcs11-pin-source",
             &format!("file:{}", bad_pin.display()),
         ],
+        77,
     );
-    expect_code(&out, 77);
     std::fs::remove_file(&bad_pin).unwrap();
     unchanged("wrong PIN");
 
     // Nothing to seal to.
-    let out = rewrap(&mut sesame(&hsm, None), &file, &[]);
-    expect_code(&out, 64);
+    rewrap(&mut sesame(&hsm, None), &file, &[], 64);
     unchanged("no backend");
 
     // Bad secret input for rotate: after the verifying unseal, before sealing.
-    let out = rotate(&mut sesame(&hsm, None), &file, &[], b"not a secret\n");
-    expect_code(&out, 65);
+    rotate(&mut sesame(&hsm, None), &file, &[], b"not a secret\n", 65);
     unchanged("bad input");
-    let out = rotate(&mut sesame(&hsm, None), &file, &[], b"");
-    expect_code(&out, 65);
+    rotate(&mut sesame(&hsm, None), &file, &[], b"", 65);
     unchanged("empty input");
 
     // A malformed or missing file: 65 / 66, nothing written.
     let bad = hsm.dir().join("bad.sealed");
     std::fs::write(&bad, b"sesame-sealed v1\ncreated: x\n").unwrap();
-    let out = rotate(&mut sesame(&hsm, None), &bad, &[], &input(NEW_SECRET));
-    expect_code(&out, 65);
-    let out = rewrap(&mut sesame(&hsm, None), &bad, &["--keep"]);
-    expect_code(&out, 65);
+    rotate(&mut sesame(&hsm, None), &bad, &[], &input(NEW_SECRET), 65);
+    rewrap(&mut sesame(&hsm, None), &bad, &["--keep"], 65);
     assert_eq!(
         std::fs::read(&bad).unwrap(),
         b"sesame-sealed v1\ncreated: x\n"
     );
     std::fs::remove_file(&bad).unwrap();
     let missing = hsm.dir().join("missing.sealed");
-    let out = rotate(&mut sesame(&hsm, None), &missing, &[], &input(NEW_SECRET));
-    expect_code(&out, 66);
-    let out = rewrap(&mut sesame(&hsm, None), &missing, &["--keep"]);
-    expect_code(&out, 66);
+    rotate(
+        &mut sesame(&hsm, None),
+        &missing,
+        &[],
+        &input(NEW_SECRET),
+        66,
+    );
+    rewrap(&mut sesame(&hsm, None), &missing, &["--keep"], 66);
     assert!(!missing.exists());
     unchanged("malformed and missing files");
 }
@@ -491,21 +482,14 @@ fn failures_leave_the_file_byte_identical() {
 #[test]
 fn mode_group_and_symlink_are_kept() {
     use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
-    let file = hsm.dir().join("ses-2026.sealed");
-    seal(
-        &mut sesame(&hsm, None),
-        &file,
-        &["--pkcs11", &hsm.uri("kek")],
-    );
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
+    let file = seal_with_kek(&hsm, None, "ses-2026.sealed", &[]);
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
     let link = hsm.dir().join("ses.sealed");
     std::os::unix::fs::symlink(&file, &link).unwrap();
     let gid = std::fs::metadata(&file).unwrap().gid();
 
-    let out = rewrap(&mut sesame(&hsm, None), &link, &["--keep"]);
-    expect_code(&out, 0);
+    rewrap(&mut sesame(&hsm, None), &link, &["--keep"], 0);
     assert!(std::fs::symlink_metadata(&link)
         .unwrap()
         .file_type()
@@ -518,15 +502,9 @@ fn mode_group_and_symlink_are_kept() {
 
 #[test]
 fn audit_events_for_rewrap_and_rotate_never_hold_the_secret() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, None),
-        &file,
-        &["--pkcs11", &hsm.uri("kek")],
-    );
+    let file = seal_with_kek(&hsm, None, "ses.sealed", &[]);
 
     let out = run(sesame(&hsm, Some(&tpm))
         .args(["rewrap", "--log-format", "json", "-vvv", "--keep", "--tpm2"])
@@ -612,8 +590,7 @@ fn help_documents_the_decisions() {
 
 #[test]
 fn rotate_ses_credentials_from_an_iam_key() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let file = hsm.dir().join("ses.sealed");
     let iam = |id: &str, key: &str| {
         format!("aws_access_key_id={id}\naws_secret_access_key={key}\n").into_bytes()
@@ -636,10 +613,10 @@ fn rotate_ses_credentials_from_an_iam_key() {
     };
     let old = document(&file);
     // rewrap is the same document, `created` included.
-    expect_code(&rewrap(&mut sesame(&hsm, None), &file, &["--keep"]), 0);
+    rewrap(&mut sesame(&hsm, None), &file, &["--keep"], 0);
     assert_eq!(document(&file), old);
 
-    let out = rotate(
+    let stderr = rotate(
         &mut sesame(&hsm, None),
         &file,
         &["--ses", "--ses-region", "eu-west-1"],
@@ -647,8 +624,8 @@ fn rotate_ses_credentials_from_an_iam_key() {
             "AKIANEWNEWNEWNEW2222",
             "new/IAM/secret/key/value/bbbbbbbbbbbbbbb",
         ),
+        0,
     );
-    let stderr = expect_code(&out, 0);
     assert!(!stderr.contains("new/IAM"), "{stderr}");
     let new = document(&file);
     assert_eq!(new["username"], "AKIANEWNEWNEWNEW2222");
@@ -660,25 +637,19 @@ fn rotate_ses_credentials_from_an_iam_key() {
 
 #[test]
 fn rewrap_keep_after_a_pcr_change_reseals_the_tpm_via_the_hsm() {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let tpm = Swtpm::start();
-    let file = hsm.dir().join("ses.sealed");
-    seal(
-        &mut sesame(&hsm, Some(&tpm)),
-        &file,
-        &["--tpm2", "--tpm2-pcrs", "7", "--pkcs11", &hsm.uri("kek")],
+    let file = seal_with_kek(
+        &hsm,
+        Some(&tpm),
+        "ses.sealed",
+        &["--tpm2", "--tpm2-pcrs", "7"],
     );
     tpm.extend_pcr(7); // the update, and the reboot into the new state
-    let out = run(tpm
-        .sesame()
-        .args(["unseal", "--backend", "tpm2"])
-        .arg(&file));
-    expect_code(&out, 77);
+    tpm2_unseal(&tpm, &file, 77);
 
     // The TPM stanza fails, the HSM one unseals; both are sealed again.
-    let out = rewrap(&mut sesame(&hsm, Some(&tpm)), &file, &["--keep"]);
-    expect_code(&out, 0);
+    rewrap(&mut sesame(&hsm, Some(&tpm)), &file, &["--keep"], 0);
     assert_eq!(kinds(&file), ["tpm2", "pkcs11"]);
     assert_eq!(header(&file).stanzas[0].field("pcrs"), Some("7"));
     assert_eq!(

@@ -6,7 +6,7 @@
 mod common;
 
 use std::net::TcpListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::standin::StandIn;
@@ -35,6 +35,15 @@ fn check_args(standin: &StandIn, with_ca: bool) -> Vec<String> {
         args.push(standin.ca().display().to_string());
     }
     args
+}
+
+/// Runs `ses check --stdin` against `standin` (see [`check_args`]) with
+/// `extra` flags, [`USER`] and `password` on stdin.
+fn check_password(standin: &StandIn, with_ca: bool, password: &str, extra: &[&str]) -> Output {
+    run_with_stdin(
+        sesame().args(check_args(standin, with_ca)).args(extra),
+        format!("username={USER}\npassword={password}\n").as_bytes(),
+    )
 }
 
 /// AWS's algorithm written again, independently, in Python's hmac; the secret
@@ -82,6 +91,11 @@ fn derive(secret: &str, region: &str) -> Output {
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts that stdout starts with the `status` summary `prefix`.
+fn assert_summary(out: &Output, prefix: &str) {
+    assert!(stdout(out).starts_with(prefix), "{}", stdout(out));
 }
 
 #[test]
@@ -180,10 +194,7 @@ fn derive_password_needs_a_secret_on_stdin() {
 #[test]
 fn check_authenticates_without_sending() {
     let standin = StandIn::start(USER, "smtp-password-1");
-    let out = run_with_stdin(
-        sesame().args(check_args(&standin, true)),
-        format!("username={USER}\npassword=smtp-password-1\n").as_bytes(),
-    );
+    let out = check_password(&standin, true, "smtp-password-1", &[]);
     expect_code(&out, 0);
     assert!(
         stdout(&out).starts_with("ok: authenticated to 127.0.0.1:"),
@@ -215,20 +226,10 @@ fn check_derives_the_password_from_an_access_key() {
 #[test]
 fn check_wrong_password_is_77_and_audited_once_in_json() {
     let standin = StandIn::start(USER, "right");
-    let out = run_with_stdin(
-        sesame()
-            .args(check_args(&standin, true))
-            .args(["--log-format", "json"]),
-        format!("username={USER}\npassword=wrong-secret\n").as_bytes(),
-    );
+    let out = check_password(&standin, true, "wrong-secret", &["--log-format", "json"]);
     let stderr = expect_code(&out, 77);
     assert!(!stderr.contains("wrong-secret"), "{stderr}");
-    let audit: Vec<serde_json::Value> = stderr
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("JSON log line"))
-        .filter(|v: &serde_json::Value| v["target"] == "sesame::audit")
-        .collect();
+    let audit = audit_records(&stderr);
     assert_eq!(audit.len(), 1, "{stderr}");
     assert_eq!(audit[0]["event"], "ses-check");
     assert_eq!(audit[0]["outcome"], "failed");
@@ -236,22 +237,17 @@ fn check_wrong_password_is_77_and_audited_once_in_json() {
         .as_str()
         .unwrap_or("")
         .starts_with("127.0.0.1:"));
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("sesame: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(errors[0].contains("refused the credentials"), "{stderr}");
+    assert!(
+        error_line(&stderr).contains("refused the credentials"),
+        "{stderr}"
+    );
     assert_eq!(standin.records("auth")[0]["ok"], false);
 }
 
 #[test]
 fn check_in_text_mode_reports_a_failure_once() {
     let standin = StandIn::start(USER, "right");
-    let out = run_with_stdin(
-        sesame().args(check_args(&standin, true)),
-        format!("username={USER}\npassword=wrong\n").as_bytes(),
-    );
+    let out = check_password(&standin, true, "wrong", &[]);
     let stderr = expect_code(&out, 77);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
@@ -259,10 +255,7 @@ fn check_in_text_mode_reports_a_failure_once() {
 #[test]
 fn check_untrusted_certificate_is_a_tls_failure() {
     let standin = StandIn::start(USER, "pw");
-    let out = run_with_stdin(
-        sesame().args(check_args(&standin, false)),
-        format!("username={USER}\npassword=pw\n").as_bytes(),
-    );
+    let out = check_password(&standin, false, "pw", &[]);
     let stderr = expect_code(&out, 76);
     assert!(stderr.contains("TLS with 127.0.0.1:"), "{stderr}");
     // The password never crossed the wire: no AUTH happened.
@@ -330,6 +323,17 @@ fn check_usage_errors() {
 /// wrapping is attempted.
 const NOWHERE_URI: &str = "pkcs11:token=nowhere;object=kek?module-path=/nonexistent/libnone.so";
 
+/// Runs `seal --ses --pkcs11 NOWHERE_URI --out FILE FLAGS` with `input` on stdin.
+fn seal_ses_nowhere(out_file: &Path, flags: &[&str], input: &[u8]) -> Output {
+    run_with_stdin(
+        sesame()
+            .args(["seal", "--ses", "--pkcs11", NOWHERE_URI, "--out"])
+            .arg(out_file)
+            .args(flags),
+        input,
+    )
+}
+
 #[test]
 fn seal_ses_rejects_bad_input_before_wrapping() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -367,13 +371,7 @@ fn seal_ses_rejects_bad_input_before_wrapping() {
         ),
     ];
     for (flags, input, code, needle) in cases {
-        let out = run_with_stdin(
-            sesame()
-                .args(["seal", "--ses", "--pkcs11", NOWHERE_URI, "--out"])
-                .arg(&out_file)
-                .args(flags),
-            input.as_bytes(),
-        );
+        let out = seal_ses_nowhere(&out_file, flags, input.as_bytes());
         let stderr = expect_code(&out, code);
         assert!(stderr.contains(needle), "{needle}: {stderr}");
         assert!(!stderr.contains("SECRETVALUE"), "{stderr}");
@@ -416,6 +414,16 @@ fn leaky_documents() -> [(String, &'static str); 3] {
     ]
 }
 
+/// The one `sesame: …` error line of `stderr`, asserting there is exactly one.
+fn error_line(stderr: &str) -> &str {
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("sesame: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0]
+}
+
 /// Asserts that neither stderr (errors and the JSON audit log) nor stdout
 /// holds the leaked value, and that the one error line names `field`.
 fn assert_not_echoed(out: &Output, field: &str) {
@@ -424,24 +432,26 @@ fn assert_not_echoed(out: &Output, field: &str) {
         assert!(!stderr.contains(leak), "{stderr}");
         assert!(!stdout(out).contains(leak), "{}", stdout(out));
     }
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|l| l.starts_with("sesame: "))
-        .collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
     assert!(
-        errors[0].contains(&format!("the {field} field ")),
+        error_line(&stderr).contains(&format!("the {field} field ")),
         "{stderr}"
     );
 }
 
-/// Audit records among the JSON log lines of `stderr`.
-fn audit_records(stderr: &str) -> Vec<serde_json::Value> {
+/// The JSON log lines of `stderr`, parsed (each must be valid JSON).
+fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
     stderr
         .lines()
         .filter(|l| l.starts_with('{'))
         .map(|l| serde_json::from_str(l).expect("JSON log line"))
-        .filter(|v: &serde_json::Value| v["target"] == "sesame::audit")
+        .collect()
+}
+
+/// Audit records among the JSON log lines of `stderr`.
+fn audit_records(stderr: &str) -> Vec<serde_json::Value> {
+    json_lines(stderr)
+        .into_iter()
+        .filter(|v| v["target"] == "sesame::audit")
         .collect()
 }
 
@@ -484,11 +494,9 @@ fn seal_ses_never_echoes_region_host_or_port_from_the_input() {
         (["--ses-region", "eu west 1"], "\"eu west 1\" is not"),
         (["--ses-endpoint", "bad host"], "\"bad host\" is not"),
     ] {
-        let out = run_with_stdin(
-            sesame()
-                .args(["seal", "--ses", "--pkcs11", NOWHERE_URI, "--out"])
-                .arg(&out_file)
-                .args(flags),
+        let out = seal_ses_nowhere(
+            &out_file,
+            &flags,
             b"username=u\npassword=p\nregion=eu-west-1\n",
         );
         let stderr = expect_code(&out, 64);
@@ -544,6 +552,21 @@ fn sealed_with_foreign_stanza(path: &Path) {
     std::fs::write(path, bytes).expect("write sealed file");
 }
 
+/// A temp dir holding `foreign.sealed`, made by [`sealed_with_foreign_stanza`].
+fn foreign_sealed() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let foreign = dir.path().join("foreign.sealed");
+    sealed_with_foreign_stanza(&foreign);
+    (dir, foreign)
+}
+
+/// Runs `sesame ARGS FILE`, asserts exit `code`; returns the output and stderr.
+fn run_on(args: &[&str], file: &Path, code: i32) -> (Output, String) {
+    let out = run(sesame().args(args).arg(file));
+    let stderr = expect_code(&out, code);
+    (out, stderr)
+}
+
 fn status_json(files: &[&Path]) -> (Output, serde_json::Value) {
     let out = run(sesame().args(["status", "--json"]).args(files));
     let value = serde_json::from_slice(&out.stdout).expect("status --json prints JSON");
@@ -552,9 +575,7 @@ fn status_json(files: &[&Path]) -> (Output, serde_json::Value) {
 
 #[test]
 fn status_is_critical_when_nothing_can_unseal() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let foreign = dir.path().join("foreign.sealed");
-    sealed_with_foreign_stanza(&foreign);
+    let (dir, foreign) = foreign_sealed();
     let garbage = dir.path().join("garbage.sealed");
     std::fs::write(&garbage, "not sealed\n").expect("write");
     let missing = dir.path().join("missing.sealed");
@@ -580,8 +601,7 @@ fn status_is_critical_when_nothing_can_unseal() {
         .contains("cannot read"));
 
     // Text: the first line is the Nagios summary.
-    let out = run(sesame().arg("status").arg(&foreign));
-    expect_code(&out, 2);
+    let (out, _) = run_on(&["status"], &foreign, 2);
     let text = stdout(&out);
     assert!(text.starts_with("SESAME CRITICAL - "), "{text}");
     assert!(
@@ -595,27 +615,18 @@ fn unseal_failures_are_audited_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = dir.path().join("missing.sealed");
     // JSON: exactly one audit event, plus the one-line error.
-    let out = run(sesame()
-        .args(["unseal", "--log-format", "json"])
-        .arg(&missing));
-    let stderr = expect_code(&out, 66);
-    let events: Vec<serde_json::Value> = stderr
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("JSON log line"))
-        .collect();
+    let (_, stderr) = run_on(&["unseal", "--log-format", "json"], &missing, 66);
+    let events = json_lines(&stderr);
     assert_eq!(events.len(), 1, "{stderr}");
     assert_eq!(events[0]["target"], "sesame::audit");
     assert_eq!(events[0]["event"], "unseal");
     assert_eq!(events[0]["outcome"], "failed");
     assert_eq!(events[0]["file"], missing.display().to_string());
     // Text at default verbosity: the error line alone.
-    let out = run(sesame().arg("unseal").arg(&missing));
-    let stderr = expect_code(&out, 66);
+    let (_, stderr) = run_on(&["unseal"], &missing, 66);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     // Text with -v: the audit event too, journald-friendly (no timestamp, no colour).
-    let out = run(sesame().args(["unseal", "-v"]).arg(&missing));
-    let stderr = expect_code(&out, 66);
+    let (_, stderr) = run_on(&["unseal", "-v"], &missing, 66);
     let audit: Vec<&str> = stderr
         .lines()
         .filter(|l| l.contains("sesame::audit"))
@@ -628,29 +639,19 @@ fn unseal_failures_are_audited_once() {
 #[test]
 fn status_with_no_default_files_or_bad_options_is_unknown() {
     // A bad PIN source is a problem with the check itself, not the files.
-    let dir = tempfile::tempdir().expect("temp dir");
-    let foreign = dir.path().join("foreign.sealed");
-    sealed_with_foreign_stanza(&foreign);
-    let out = run(sesame()
-        .args(["status", "--pkcs11-pin-source", "nonsense:x"])
-        .arg(&foreign));
-    expect_code(&out, 3);
-    assert!(
-        stdout(&out).starts_with("SESAME UNKNOWN - "),
-        "{}",
-        stdout(&out)
+    let (_dir, foreign) = foreign_sealed();
+    let (out, _) = run_on(
+        &["status", "--pkcs11-pin-source", "nonsense:x"],
+        &foreign,
+        3,
     );
+    assert_summary(&out, "SESAME UNKNOWN - ");
 }
 
 #[test]
 fn audit_json_has_the_documented_fields() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let foreign = dir.path().join("foreign.sealed");
-    sealed_with_foreign_stanza(&foreign);
-    let out = run(sesame()
-        .args(["unseal", "--log-format", "json"])
-        .arg(&foreign));
-    let stderr = expect_code(&out, 69);
+    let (_dir, foreign) = foreign_sealed();
+    let (_, stderr) = run_on(&["unseal", "--log-format", "json"], &foreign, 69);
     let line = stderr
         .lines()
         .find(|l| l.starts_with('{'))
@@ -677,16 +678,9 @@ fn audit_json_has_the_documented_fields() {
 use common::softhsm::SoftHsm;
 use common::write_private;
 
-/// A SoftHSM token with an AES key `kek`.
-fn token() -> SoftHsm {
-    let hsm = SoftHsm::new("sesame");
-    hsm.create_key("kek", "aes");
-    hsm
-}
-
 #[test]
 fn seal_ses_then_unseal_and_check_live() {
-    let hsm = token();
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let sealed = hsm.dir().join("ses.sealed");
     let secret = random_secret();
     let out = run_with_stdin(
@@ -743,11 +737,7 @@ fn seal_ses_then_unseal_and_check_live() {
         .arg(&sealed));
     let stderr = expect_code(&out, 0);
     assert!(!stderr.contains(&password) && !stdout(&out).contains(&password));
-    let events: Vec<serde_json::Value> = stderr
-        .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).expect("JSON log line"))
-        .collect();
+    let events = json_lines(&stderr);
     let audit: Vec<(&str, &str, &str)> = events
         .iter()
         .filter(|e| e["target"] == "sesame::audit")
@@ -784,7 +774,7 @@ fn seal_ses_then_unseal_and_check_live() {
 
 #[test]
 fn check_never_echoes_region_host_or_port_from_the_sealed_document() {
-    let hsm = token();
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     for (i, (document, field)) in leaky_documents().into_iter().enumerate() {
         let sealed = hsm.dir().join(format!("leaky-{i}.sealed"));
         // Sealed without --ses, so nothing checked the fields at seal time.
@@ -814,7 +804,7 @@ fn seal_document(hsm: &SoftHsm, uris: &[String], path: &Path, document: &str) {
 
 #[test]
 fn status_ok_and_credential_age() {
-    let hsm = token();
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     let fresh = hsm.dir().join("fresh.sealed");
     let old = hsm.dir().join("old.sealed");
     seal_document(&hsm, &[hsm.uri("kek")], &fresh, "username=u\npassword=p\n");
@@ -878,7 +868,7 @@ fn status_ok_and_credential_age() {
 
 #[test]
 fn status_warns_when_one_backend_cannot_unseal_and_is_critical_when_none_can() {
-    let hsm = token();
+    let hsm = SoftHsm::with_aes_key("sesame", "kek");
     hsm.create_key("kek2", "aes");
     // The second stanza reads its PIN from its own file, broken after sealing.
     let second_pin = hsm.dir().join("second.pin");
@@ -929,9 +919,5 @@ fn status_warns_when_one_backend_cannot_unseal_and_is_critical_when_none_can() {
         .arg(format!("file:{}", wrong.display()))
         .arg(&sealed));
     expect_code(&out, 2);
-    assert!(
-        stdout(&out).starts_with("SESAME CRITICAL - "),
-        "{}",
-        stdout(&out)
-    );
+    assert_summary(&out, "SESAME CRITICAL - ");
 }

@@ -40,15 +40,73 @@ fn assert_unseals(tpm: &Swtpm, file: &Path) {
     assert_eq!(String::from_utf8_lossy(&out.stdout), SECRET);
 }
 
+/// A fresh swtpm and a temp dir holding a file sealed to it with `pcrs`.
+fn sealed_to_new_tpm(pcrs: &str) -> (Swtpm, tempfile::TempDir, PathBuf) {
+    let tpm = Swtpm::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = seal(&tpm, dir.path(), pcrs);
+    (tpm, dir, file)
+}
+
+/// Asserts that unsealing `file` with `tpm` exits `code` with `needle` on
+/// stderr; returns the stderr.
+fn assert_refused(tpm: &Swtpm, file: &Path, code: i32, needle: &str) -> String {
+    let stderr = expect_code(&unseal(tpm, file), code);
+    assert!(stderr.contains(needle), "{stderr}");
+    stderr
+}
+
+/// Runs `unseal EXTRA --tpm2-device DEVICE FILE` with no TPM in the
+/// environment.
+fn unseal_via(device: &str, extra: &[&str], file: &Path) -> Output {
+    run(common::sesame()
+        .arg("unseal")
+        .args(extra)
+        .args(["--tpm2-device", device])
+        .arg(file))
+}
+
+/// Runs `tpm2 persist-srk` against `tpm`.
+fn persist_srk(tpm: &Swtpm) -> Output {
+    run(tpm.sesame().args(["tpm2", "persist-srk"]))
+}
+
+/// Runs `tpm2 info --json EXTRA`, asserting success; returns the JSON.
+fn info_json(tpm: &Swtpm, extra: &[&str]) -> serde_json::Value {
+    let out = run(tpm.sesame().args(["tpm2", "info", "--json"]).args(extra));
+    expect_code(&out, 0);
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn names(codes: &[u32]) -> Vec<&'static str> {
     codes.iter().map(|&c| command_name(c)).collect()
 }
 
+/// The TPM commands of one unseal when no SRK is persistent: ReadPublic
+/// (absent), CreatePrimary, StartAuthSession, Load, PolicyPCR, Unseal,
+/// FlushContext ×2.
+const UNSEAL_WITHOUT_PERSISTENT_SRK: [&str; 8] = [
+    "ReadPublic",
+    "CreatePrimary",
+    "StartAuthSession",
+    "Load",
+    "PolicyPCR",
+    "Unseal",
+    "FlushContext",
+    "FlushContext",
+];
+
+/// Asserts that `file` unseals on `tpm` (a logged one) and returns the
+/// names of the TPM commands that took.
+fn unseal_commands(tpm: &Swtpm, file: &Path) -> Vec<&'static str> {
+    let mark = tpm.log_mark();
+    assert_unseals(tpm, file);
+    names(&tpm.commands_since(mark))
+}
+
 #[test]
 fn seal_and_unseal_bound_to_the_tpm_alone() {
-    let tpm = Swtpm::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = seal(&tpm, dir.path(), "none");
+    let (tpm, _dir, file) = sealed_to_new_tpm("none");
     tpm.assert_clean("seal");
     let text = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).into_owned();
     assert!(text.contains("pcrs: none"), "{text}");
@@ -58,9 +116,7 @@ fn seal_and_unseal_bound_to_the_tpm_alone() {
 
 #[test]
 fn seal_and_unseal_bound_to_pcr_7() {
-    let tpm = Swtpm::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = seal(&tpm, dir.path(), "7");
+    let (tpm, _dir, file) = sealed_to_new_tpm("7");
     assert_unseals(&tpm, &file);
     tpm.assert_clean("unseal");
 }
@@ -80,9 +136,7 @@ fn seal_and_unseal_bound_to_pcrs_0_and_7() {
 
 #[test]
 fn changed_pcr_is_refused_and_named() {
-    let tpm = Swtpm::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = seal(&tpm, dir.path(), "0,7");
+    let (tpm, _dir, file) = sealed_to_new_tpm("0,7");
     tpm.extend_pcr(7);
     let out = unseal(&tpm, &file);
     let stderr = expect_code(&out, 77);
@@ -91,8 +145,7 @@ fn changed_pcr_is_refused_and_named() {
     assert!(out.stdout.is_empty());
     tpm.assert_clean("refused unseal");
     // Refusing is not sticky and never locks out: asking again is refused the same way.
-    let stderr = expect_code(&unseal(&tpm, &file), 77);
-    assert!(stderr.contains("PCR 7"), "{stderr}");
+    assert_refused(&tpm, &file, 77, "PCR 7");
     tpm.assert_clean("second refused unseal");
 }
 
@@ -117,13 +170,11 @@ fn file_moved_to_another_tpm_is_refused_as_different_tpm() {
     let dir = tempfile::tempdir().unwrap();
     for pcrs in ["none", "7"] {
         let file = seal(&a, dir.path(), pcrs);
-        let stderr = expect_code(&unseal(&b, &file), 77);
-        assert!(stderr.contains("sealed to a different TPM"), "{stderr}");
+        assert_refused(&b, &file, 77, "sealed to a different TPM");
         b.assert_clean("different-TPM refusal");
         // Also when the other TPM has a persistent SRK of its own.
-        expect_code(&run(b.sesame().args(["tpm2", "persist-srk"])), 0);
-        let stderr = expect_code(&unseal(&b, &file), 77);
-        assert!(stderr.contains("sealed to a different TPM"), "{stderr}");
+        expect_code(&persist_srk(&b), 0);
+        assert_refused(&b, &file, 77, "sealed to a different TPM");
         b.assert_clean("different-TPM refusal with persistent SRK");
         assert_unseals(&a, &file);
     }
@@ -131,19 +182,13 @@ fn file_moved_to_another_tpm_is_refused_as_different_tpm() {
 
 #[test]
 fn stopped_or_missing_tpm_is_unavailable() {
-    let mut tpm = Swtpm::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = seal(&tpm, dir.path(), "none");
+    let (mut tpm, dir, file) = sealed_to_new_tpm("none");
     let tcti = tpm.tcti();
     tpm.stop();
-    let out = run(common::sesame()
-        .args(["unseal", "--tpm2-device", &tcti])
-        .arg(&file));
+    let out = unseal_via(&tcti, &[], &file);
     let stderr = expect_code(&out, 69);
     assert!(stderr.contains("does not answer"), "{stderr}");
-    let out = run(common::sesame()
-        .args(["unseal", "--tpm2-device", "device:/dev/no-such-tpm"])
-        .arg(&file));
+    let out = unseal_via("device:/dev/no-such-tpm", &[], &file);
     let stderr = expect_code(&out, 69);
     assert!(
         stderr.contains("no TPM device /dev/no-such-tpm"),
@@ -168,40 +213,25 @@ fn persistent_srk_absent_and_present_with_command_counts() {
 
     // No persistent SRK: ReadPublic (absent), CreatePrimary, StartAuthSession,
     // Load, PolicyPCR, Unseal, FlushContext ×2.
-    let mark = tpm.log_mark();
-    assert_unseals(&tpm, &before);
-    let transient = tpm.commands_since(mark);
     assert_eq!(
-        names(&transient),
-        [
-            "ReadPublic",
-            "CreatePrimary",
-            "StartAuthSession",
-            "Load",
-            "PolicyPCR",
-            "Unseal",
-            "FlushContext",
-            "FlushContext"
-        ]
+        unseal_commands(&tpm, &before),
+        UNSEAL_WITHOUT_PERSISTENT_SRK
     );
     tpm.assert_clean("unseal without persistent SRK");
 
-    let out = run(tpm.sesame().args(["tpm2", "persist-srk"]));
+    let out = persist_srk(&tpm);
     expect_code(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("persisted"));
     // Idempotent for the standard SRK.
-    let out = run(tpm.sesame().args(["tpm2", "persist-srk"]));
+    let out = persist_srk(&tpm);
     expect_code(&out, 0);
     assert!(String::from_utf8_lossy(&out.stdout).contains("already persistent"));
     tpm.assert_clean("persist-srk");
 
     // Persistent SRK: the file sealed before still unseals (same SRK name),
     // with ReadPublic, StartAuthSession, Load, PolicyPCR, Unseal, FlushContext.
-    let mark = tpm.log_mark();
-    assert_unseals(&tpm, &before);
-    let persistent = tpm.commands_since(mark);
     assert_eq!(
-        names(&persistent),
+        unseal_commands(&tpm, &before),
         [
             "ReadPublic",
             "StartAuthSession",
@@ -212,9 +242,7 @@ fn persistent_srk_absent_and_present_with_command_counts() {
         ]
     );
     let after = seal(&tpm, dir.path(), "none");
-    let mark = tpm.log_mark();
-    assert_unseals(&tpm, &after);
-    assert_eq!(tpm.commands_since(mark).len(), 6);
+    assert_eq!(unseal_commands(&tpm, &after).len(), 6);
     tpm.assert_clean("unseal with persistent SRK");
 
     // Evicting the persistent SRK does not strand files sealed under it.
@@ -234,7 +262,7 @@ fn persist_srk_refuses_a_handle_holding_another_key() {
     );
     tpm.tool("tpm2_evictcontrol", &["-C", "o", "-c", ctx, "0x81000001"]);
     tpm.tool("tpm2_flushcontext", &["-t"]);
-    let out = run(tpm.sesame().args(["tpm2", "persist-srk"]));
+    let out = persist_srk(&tpm);
     let stderr = expect_code(&out, 73);
     assert!(stderr.contains("0x81000001"), "{stderr}");
     // Seal and unseal still work: sesame ignores a non-standard key there.
@@ -242,9 +270,7 @@ fn persist_srk_refuses_a_handle_holding_another_key() {
     let file = seal(&tpm, dir.path(), "7");
     assert_unseals(&tpm, &file);
     tpm.assert_clean("unseal beside a foreign persistent key");
-    let out = run(tpm.sesame().args(["tpm2", "info", "--json"]));
-    expect_code(&out, 0);
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let info = info_json(&tpm, &[]);
     assert_eq!(info["srk"]["state"], "other-key");
 }
 
@@ -252,11 +278,7 @@ fn persist_srk_refuses_a_handle_holding_another_key() {
 fn tpm2_info_reports_identity_srk_and_pcrs() {
     let tpm = Swtpm::start();
     tpm.extend_pcr(7);
-    let out = run(tpm
-        .sesame()
-        .args(["tpm2", "info", "--json", "--pcrs", "0,7"]));
-    expect_code(&out, 0);
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let info = info_json(&tpm, &["--pcrs", "0,7"]);
     assert_eq!(info["manufacturer"], "IBM");
     assert_eq!(info["srk"]["state"], "absent");
     assert_eq!(info["pcrs"]["values"]["0"], "00".repeat(32));
@@ -270,9 +292,7 @@ fn tpm2_info_reports_identity_srk_and_pcrs() {
 
 #[test]
 fn inspect_preflight_before_and_after_a_pcr_extend() {
-    let tpm = Swtpm::start();
-    let dir = tempfile::tempdir().unwrap();
-    let file = seal(&tpm, dir.path(), "0,7");
+    let (tpm, _dir, file) = sealed_to_new_tpm("0,7");
     let inspect = |json: bool| {
         let mut cmd = tpm.sesame();
         cmd.arg("inspect").arg(&file);
@@ -323,19 +343,7 @@ fn status_settles_pcr_drift_from_its_one_unseal() {
     expect_code(&out, 0);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(text.contains("PCR drift: unchanged"), "{text}");
-    assert_eq!(
-        commands,
-        [
-            "ReadPublic",
-            "CreatePrimary",
-            "StartAuthSession",
-            "Load",
-            "PolicyPCR",
-            "Unseal",
-            "FlushContext",
-            "FlushContext"
-        ]
-    );
+    assert_eq!(commands, UNSEAL_WITHOUT_PERSISTENT_SRK);
     // Refused: the refusal's one PCR_Read names the PCR; nothing more.
     tpm.extend_pcr(7);
     let (out, commands) = status();
@@ -403,9 +411,7 @@ fn bad_flags_and_tampered_stanzas_have_their_exit_codes() {
         );
         expect_code(&out, 78);
     }
-    let out = run(common::sesame()
-        .args(["unseal", "--tpm2-device", "carrier-pigeon:coo"])
-        .arg(seal(&tpm, dir.path(), "7")));
+    let out = unseal_via("carrier-pigeon:coo", &[], &seal(&tpm, dir.path(), "7"));
     expect_code(&out, 78);
 
     // Editing the sealed PCR values cannot widen the policy: the stanza no
@@ -421,8 +427,7 @@ fn bad_flags_and_tampered_stanzas_have_their_exit_codes() {
         .expect("sealed PCR 0 value in the header");
     bytes[at..at + forged.len()].copy_from_slice(forged.as_bytes());
     std::fs::write(&file, &bytes).unwrap();
-    let stderr = expect_code(&unseal(&tpm, &file), 65);
-    assert!(stderr.contains("policy-digest"), "{stderr}");
+    assert_refused(&tpm, &file, 65, "policy-digest");
     tpm.assert_clean("tampered stanza");
 }
 
@@ -431,15 +436,7 @@ fn backend_filter_with_a_missing_tpm_is_unavailable() {
     let dir = tempfile::tempdir().unwrap();
     let tpm = Swtpm::start();
     let file = seal(&tpm, dir.path(), "none");
-    let out = run(common::sesame()
-        .args([
-            "unseal",
-            "--backend",
-            "tpm2",
-            "--tpm2-device",
-            "device:/dev/no-such-tpm",
-        ])
-        .arg(&file));
+    let out = unseal_via("device:/dev/no-such-tpm", &["--backend", "tpm2"], &file);
     expect_code(&out, 69);
     assert_unseals(&tpm, &file);
 }

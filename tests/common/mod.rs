@@ -78,6 +78,15 @@ pub fn expect_code(out: &Output, code: i32) -> String {
     stderr
 }
 
+/// The permission bits (`mode & 0o777`) of the file at `path`, following links.
+pub fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path)
+        .expect("stat file")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
 /// A directory on tmpfs for plaintext outputs (/dev/shm, else /run).
 pub fn tmpfs_dir() -> tempfile::TempDir {
     for base in ["/dev/shm", "/run"] {

@@ -68,6 +68,14 @@ impl SoftHsm {
         }
     }
 
+    /// A new token labelled `token` (see [`SoftHsm::new`]) holding the AES
+    /// key `key`.
+    pub fn with_aes_key(token: &str, key: &str) -> Self {
+        let hsm = Self::new(token);
+        hsm.create_key(key, "aes");
+        hsm
+    }
+
     /// The SoftHSM module: Debian's two paths, then other distributions'.
     pub fn module_path() -> PathBuf {
         [
@@ -126,6 +134,11 @@ impl SoftHsm {
     /// The 0600 file holding the user PIN.
     pub fn pin_file(&self) -> &Path {
         &self.pin_file
+    }
+
+    /// `file:` and the PIN file: a value for `--pkcs11-pin-source`.
+    pub fn pin_source(&self) -> String {
+        format!("file:{}", self.pin_file.display())
     }
 
     /// The user PIN (for tests that check it never leaks).
