@@ -287,7 +287,8 @@ pub fn parse(bytes: &[u8]) -> Result<SealedFile, FormatError> {
     })
 }
 
-/// Reads only the header (for `inspect` on files whose body may be damaged).
+/// Reads only the header, for callers that need its fields but not the body
+/// (the generation of a file about to be replaced, for example).
 ///
 /// # Errors
 /// As [`parse`], minus body checks.

@@ -52,10 +52,11 @@ pub mod exit {
 /// Seal secrets to this machine's TPM 2.0 or PKCS#11 HSM.
 ///
 /// Exit codes: 0 ok, 64 usage, 65 malformed/tampered file or bad secret input,
-/// 66 input missing, 69 backend unavailable, 73 cannot create output,
-/// 75 temporary failure (retry), 77 hardware refused, 78 configuration error.
-/// `ses check` adds 76 (TLS or SMTP protocol failure) and uses 69/77 for an
-/// unreachable endpoint / refused credentials; `status` uses 0-3 (Nagios).
+/// 66 input missing, 69 backend unavailable, 70 internal error, 73 cannot
+/// create output, 75 temporary failure (retry), 77 hardware refused,
+/// 78 configuration error. `ses check` adds 76 (TLS or SMTP protocol failure)
+/// and uses 69/77 for an unreachable endpoint / refused credentials; `status`
+/// uses 0-3 (Nagios); `exec` returns its command's code, 126/127 if it cannot run.
 #[derive(Debug, Parser)]
 #[command(name = "sesame", version, max_term_width = 100)]
 pub struct Cli {
